@@ -1,0 +1,123 @@
+"""MNIST with the official Powerpropagation split: 55k train, last 5k of train held out, 10k test.
+
+Two sources give identical arrays:
+* ``"tfds"``: ``tfds.data_source("mnist")`` (downloads where a network exists);
+* ``"idx"``: the four original IDX files (gzipped or not) in a directory.
+``"auto"`` picks ``idx`` when ``data_dir`` holds the IDX files, else tfds.
+Images come out flattened to (N, 784) float32 in [0, 1]; labels (N,) int32.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+class DataError(ValueError):
+  """A data set that cannot be found or read; the message is one line for the user."""
+
+
+class Dataset(NamedTuple):
+  images: np.ndarray   # (N, ...) float32
+  labels: np.ndarray   # (N,) int32
+
+
+def _find_idx(data_dir: str, stem: str) -> str | None:
+  for name in (stem, stem + ".gz"):
+    path = os.path.join(data_dir, name)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a uint8 array of its declared shape."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"cannot read IDX file {path}: {e}") from None
+  if len(raw) < 4:
+    raise DataError(f"{path} is not an IDX file: {len(raw)} bytes")
+  zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+  if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+    raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4].hex()})")
+  header = 4 + 4 * ndim
+  shape = struct.unpack(">" + "I" * ndim, raw[4:header])
+  if len(raw) - header != int(np.prod(shape)):
+    raise DataError(f"{path} is truncated or corrupt: header says shape {shape}, "
+                    f"found {len(raw) - header} data bytes")
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def has_idx_files(data_dir: str) -> bool:
+  return bool(data_dir) and all(_find_idx(data_dir, s) for s in IDX_FILES.values())
+
+
+def _load_idx(data_dir: str) -> dict[str, np.ndarray]:
+  if not os.path.isdir(data_dir):
+    raise DataError(f"MNIST data dir {data_dir!r} does not exist")
+  missing = [s for s in IDX_FILES.values() if _find_idx(data_dir, s) is None]
+  if missing:
+    raise DataError(f"MNIST data dir {data_dir!r} lacks IDX files: {', '.join(missing)}")
+  arrays = {k: read_idx(_find_idx(data_dir, s)) for k, s in IDX_FILES.items()}
+  for split in ("train", "test"):
+    n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+    if n_img != n_lab:
+      raise DataError(f"MNIST {split}: {n_img} images but {n_lab} labels in {data_dir!r}")
+  return arrays
+
+
+def _load_tfds(data_dir: str | None) -> dict[str, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  for split in ("train", "test"):
+    try:
+      source = tfds.data_source("mnist", split=split, data_dir=data_dir or None)
+      examples = [source[i] for i in range(len(source))]
+    except Exception as e:  # tfds raises many types for a missing/undownloadable set
+      raise DataError(f"cannot load tfds mnist ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                      "offline, pass --config.data.dir=DIR holding the IDX files") from None
+    arrays[f"{split}_images"] = np.stack([np.asarray(e["image"]) for e in examples])
+    arrays[f"{split}_labels"] = np.asarray([e["label"] for e in examples])
+  return arrays
+
+
+def _as_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
+  flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+  return Dataset(flat, labels.astype(np.int32))
+
+
+def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5000
+               ) -> dict[str, Dataset]:
+  """Loads MNIST as {"train", "validation", "test"} Datasets (the last ``num_validation``
+  training images form the validation split)."""
+  if source == "auto":
+    source = "idx" if has_idx_files(data_dir) else "tfds"
+  if source == "idx":
+    arrays = _load_idx(data_dir)
+  elif source == "tfds":
+    arrays = _load_tfds(data_dir)
+  else:
+    raise DataError(f"data.source must be 'auto', 'idx' or 'tfds', got {source!r}")
+  n = len(arrays["train_images"])
+  if not 0 <= num_validation < n:
+    raise DataError(f"num_validation must be in [0, {n}), got {num_validation}")
+  cut = n - num_validation
+  return {
+      "train": _as_dataset(arrays["train_images"][:cut], arrays["train_labels"][:cut]),
+      "validation": _as_dataset(arrays["train_images"][cut:], arrays["train_labels"][cut:]),
+      "test": _as_dataset(arrays["test_images"], arrays["test_labels"]),
+  }

@@ -1,0 +1,141 @@
+"""The Powerpropagation reparameterisation as pure functions over arrays and pytrees.
+
+A reparameterised weight is stored as ``v`` and used as
+
+    w = powerprop(v, alpha) = v * |v|**(alpha - 1) = sign(v) * |v|**alpha,
+
+with the exact inverse ``v = sign(w) * |w|**(1/alpha)``. The derivative is
+``dw/dv = alpha * |v|**(alpha - 1)``, defined by a custom JVP so that it is finite at
+``v = 0`` for every ``alpha >= 1`` (the naive formula gives NaN there for alpha < 2).
+Everything is computed in float32 and cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+# predicate(module_name, name, shape) -> whether that parameter is reparameterised.
+ParamPredicate = Callable[[str, str, tuple[int, ...]], bool]
+
+
+def validate_alpha(alpha: float) -> float:
+  """Returns ``alpha`` as a float, or raises ValueError unless it is finite and >= 1."""
+  try:
+    value = float(alpha)
+  except (TypeError, ValueError):
+    raise ValueError(f"alpha must be a real number >= 1, got {alpha!r}") from None
+  if not math.isfinite(value) or value < 1.0:
+    raise ValueError(f"alpha must be a finite number >= 1, got {alpha!r}")
+  return value
+
+
+def weights_only(module_name: str, name: str, shape: tuple[int, ...]) -> bool:
+  """Default predicate: weight matrices and conv kernels (``w``/``kernel``, ndim >= 2).
+
+  Biases and normalisation scales/offsets are never selected.
+  """
+  del module_name
+  return name in ("w", "kernel") and len(shape) >= 2
+
+
+def _abs_pow(x: jax.Array, exponent: float) -> jax.Array:
+  """|x|**exponent for exponent >= 0, with an integer power where exponent is integral."""
+  if float(exponent).is_integer():
+    return jax.lax.integer_pow(jnp.abs(x), int(exponent))
+  return jnp.power(jnp.abs(x), exponent)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _signed_power(v: jax.Array, alpha: float) -> jax.Array:
+  return v * _abs_pow(v, alpha - 1.0)
+
+
+@_signed_power.defjvp
+def _signed_power_jvp(alpha: float, primals, tangents):
+  (v,), (v_dot,) = primals, tangents
+  scale = _abs_pow(v, alpha - 1.0)
+  return v * scale, alpha * scale * v_dot
+
+
+def powerprop(v: jax.Array, alpha: float) -> jax.Array:
+  """w = v * |v|**(alpha-1), elementwise; alpha == 1 returns ``v`` itself."""
+  alpha = validate_alpha(alpha)
+  if alpha == 1.0:
+    return v
+  v = jnp.asarray(v)
+  return _signed_power(v.astype(jnp.promote_types(v.dtype, jnp.float32)), alpha).astype(v.dtype)
+
+
+def _abs_root(x: jax.Array, alpha: float) -> jax.Array:
+  """|x|**(1/alpha); repeated square roots when alpha is a power of two (cheaper than pow)."""
+  x = jnp.abs(x)
+  if alpha.is_integer() and (int(alpha) & (int(alpha) - 1)) == 0:
+    for _ in range(int(alpha).bit_length() - 1):
+      x = jnp.sqrt(x)
+    return x
+  return jnp.power(x, 1.0 / alpha)
+
+
+def powerprop_derivative(v: jax.Array, alpha: float) -> jax.Array:
+  """dw/dv = alpha * |v|**(alpha-1), elementwise (finite at v = 0; 1 everywhere at alpha 1)."""
+  alpha = validate_alpha(alpha)
+  v = jnp.asarray(v)
+  if alpha == 1.0:
+    return jnp.ones_like(v)
+  v32 = v.astype(jnp.promote_types(v.dtype, jnp.float32))
+  return (alpha * _abs_pow(v32, alpha - 1.0)).astype(v.dtype)
+
+
+def inverse_powerprop(w: jax.Array, alpha: float) -> jax.Array:
+  """v = sign(w) * |w|**(1/alpha), the exact inverse of :func:`powerprop`."""
+  alpha = validate_alpha(alpha)
+  if alpha == 1.0:
+    return w
+  w = jnp.asarray(w)
+  w32 = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+  return (jnp.sign(w32) * _abs_root(w32, alpha)).astype(w.dtype)
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[str, str]:
+  """(module_name, name) of a pytree path: the last key is the name, the rest the module."""
+  keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  if not keys:
+    return "", ""
+  return "/".join(keys[:-1]), keys[-1]
+
+
+def selected(params: PyTree, predicate: ParamPredicate = weights_only) -> PyTree:
+  """A pytree of Python bools with the structure of ``params``: True where reparameterised."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: bool(predicate(*_path_names(path), tuple(jnp.shape(x)))), params)
+
+
+def map_selected(fn: Callable[[jax.Array], jax.Array], params: PyTree,
+                 predicate: ParamPredicate = weights_only) -> PyTree:
+  """Applies ``fn`` to the selected leaves of ``params`` and leaves the others unchanged."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: fn(x) if predicate(*_path_names(path), tuple(jnp.shape(x))) else x,
+      params)
+
+
+def effective_params(params: PyTree, alpha: float,
+                     predicate: ParamPredicate = weights_only) -> PyTree:
+  """The weights the model uses: powerprop(v, alpha) on selected leaves, others as stored."""
+  alpha = validate_alpha(alpha)
+  return map_selected(lambda v: powerprop(v, alpha), params, predicate)
+
+
+def reparameterise_init(params: PyTree, alpha: float,
+                        predicate: ParamPredicate = weights_only) -> PyTree:
+  """Turns a standard initialisation ``u`` into ``v = inverse_powerprop(u)``.
+
+  The effective weights at init then equal ``u`` exactly: the unmodified model's init.
+  """
+  alpha = validate_alpha(alpha)
+  return map_selected(lambda u: inverse_powerprop(u, alpha), params, predicate)
