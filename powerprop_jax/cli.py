@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from powerprop_jax.data import DataError
@@ -22,6 +23,7 @@ def define_flags(default_config: str = "") -> None:
 
 def run(main: Callable[[], None]) -> None:
   """Runs ``main``; user errors (bad data dir, bad alpha, ...) print one line and exit 1."""
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     main()
   except (DataError, ValueError) as e:

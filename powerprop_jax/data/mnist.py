@@ -104,6 +104,8 @@ def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5
                ) -> dict[str, Dataset]:
   """Loads MNIST as {"train", "validation", "test"} Datasets (the last ``num_validation``
   training images form the validation split)."""
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataError(f"MNIST data dir {data_dir!r} does not exist")
   if source == "auto":
     source = "idx" if has_idx_files(data_dir) else "tfds"
   if source == "idx":

@@ -1,0 +1,46 @@
+"""The official MNIST protocol on the real data (PAPER.md section 2): minutes on 2 cores.
+
+LeNet-300-100, SGD lr 0.1, batch 60, 50,000 steps; one-shot per-layer pruning with the output
+layer keeping 2p; no fine-tuning. Two seeds per alpha.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from powerprop_jax import data, oneshot, train, transform
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import mnist_oneshot  # noqa: E402  pylint: disable=g-import-not-at-top
+
+KEEP = float(oneshot.keep_fractions(0.01, 20)[6])  # 4.28% of weights kept
+SEEDS = (0, 1)
+
+
+def _accuracies(alpha, seed, datasets, workdir):
+  config = mnist_oneshot.get_config()
+  config.alpha, config.seed = alpha, seed
+  state, exp = train.train_and_evaluate(config, workdir, datasets, log=lambda s: None)
+  evaluate = train.make_eval_fn(exp.model, exp.reparam)
+  weights = transform.effective_params(state.params, alpha)
+  curve = oneshot.pruning_curve(
+      weights, lambda m: evaluate(state.params, state.net_state, datasets["test"], m),
+      np.array([KEEP, 1.0]))
+  return curve[0]["accuracy"], curve[1]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="../shared/data absent")
+def test_official_protocol_alpha2_beats_alpha1_when_pruned(tmp_path):
+  datasets = data.load_mnist("idx", MNIST_DIR)
+  results = {a: [_accuracies(a, s, datasets, str(tmp_path / f"a{a}_s{s}")) for s in SEEDS]
+             for a in (1.0, 2.0)}
+  print({a: [tuple(round(x, 4) for x in r) for r in rs] for a, rs in results.items()})
+  dense_alpha1 = [dense for _, dense in results[1.0]]
+  assert min(dense_alpha1) >= 0.975, dense_alpha1
+  pruned = {a: float(np.mean([p for p, _ in rs])) for a, rs in results.items()}
+  assert pruned[2.0] - pruned[1.0] >= 0.15, pruned
