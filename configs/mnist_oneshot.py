@@ -7,6 +7,8 @@ geomspace(0.01, 1, 20), the output layer keeping min(1, 2p), no fine-tuning.
 
 import ml_collections
 
+from powerprop_jax.sparsity import builders
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -41,8 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"
   config.optimizer.warmup_steps = 0
 
-  config.sparsity = ml_collections.ConfigDict()
-  config.sparsity.method = "none"
+  config.sparsity = builders.default_config("none")   # dense; see configs/mnist_sparse.py
 
   config.prune = ml_collections.ConfigDict()
   config.prune.scope = "layerwise"          # layerwise | global

@@ -2,8 +2,11 @@
 
 The stored params are ``v``; each step computes the effective weights
 ``w = masks * powerprop(v, alpha)`` (masks from the optimizer state, if any), the loss and its
-gradient ``g_w`` w.r.t. ``w``, and ``g_v`` by the VJP of that map. The optimizer gets ``g_v``
-and, as ``dense_grads``, ``g_w`` (what RigL grows by). Data sit on the device; each chunk of
+gradient ``g_w`` w.r.t. ``w`` (dense: also at masked entries), and
+``g_v = g_w * alpha |v|^(alpha-1)`` by the VJP of the power alone, i.e. straight through the
+mask, as Top-KAST prescribes; the sparse optimizer then keeps only the entries its
+``grad_masks`` allow. The optimizer gets ``g_v`` and, as ``dense_grads``, ``g_w`` (what RigL
+grows by). Data sit on the device; each chunk of
 ``chunk_steps`` steps receives a (chunk_steps, batch) array of example indices computed on the
 host from (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -121,10 +124,11 @@ def make_train_step(model: hk.TransformedWithState, tx: optax.GradientTransforma
       loss = cross_entropy(logits, batch["label"], label_smoothing)
       return loss, (net_state, logits)
 
-    w, to_v_grads = jax.vjp(lambda v: effective_weights(v, state.opt_state, reparam),
-                            state.params)
+    w, to_v_grads = jax.vjp(
+        lambda v: transform.effective_params(v, reparam.alpha, reparam.predicate), state.params)
+    w = sparse_base.forward_params(w, state.opt_state)
     (loss, (net_state, logits)), g_w = jax.value_and_grad(loss_fn, has_aux=True)(w)
-    (g_v,) = to_v_grads(g_w)
+    (g_v,) = to_v_grads(g_w)  # straight through the mask: the optimizer masks by grad_masks
     updates, opt_state = tx.update(g_v, state.opt_state, state.params, dense_grads=g_w)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
@@ -230,6 +234,9 @@ def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
     params = sparse_base.initial_params(params, method)
   opt_state = tx.init(params)
   state = TrainState(jnp.zeros([], jnp.int32), params, net_state, opt_state, rng)
+  # Fresh buffers: the chunk function donates the state, and init may alias leaves
+  # (e.g. masks and grad_masks are one array for most sparsity methods).
+  state = jax.tree_util.tree_map(jnp.copy, state)
   return Experiment(model, tx, reparam, state)
 
 

@@ -1,5 +1,6 @@
-"""Train-step time of the MNIST MLP (LeNet-300-100, batch 60, SGD): powerprop forms and masks
-as ratios to the plain dense step measured in the same run.
+"""Train-step time of the MNIST MLP (LeNet-300-100, batch 60, SGD): powerprop forms, fixed
+masks, RigL and Top-KAST (mask updates every 100 steps, amortised) as ratios to the plain dense
+step measured in the same run.
 
   python scripts/bench_step.py [--steps 500] [--rounds 7] [--sweep --data_dir ../shared/data/mnist]
 
@@ -22,6 +23,7 @@ import optax
 
 import powerprop_jax as pp
 from powerprop_jax import train
+from powerprop_jax.sparsity import builders
 
 ALPHA = 4.0
 BATCH = 60
@@ -80,6 +82,19 @@ def variants():
   loop = jax.jit(lambda s, x, y: jax.lax.scan(
       lambda c, xy: (step(c, {"image": xy[0], "label": xy[1]})[0], ()), s, (x, y))[0])
   out["powerprop_train_loop"] = (loop, state)
+  # Sparse methods in the same loop, mask updates every 100 steps (amortised in the chunk).
+  for method, extra in [("rigl", {}), ("topkast", {"backward_level": 0.8})]:
+    cfg = builders.default_config(method)
+    cfg.update({"level": 0.9, "distribution": "erk", "update_every": 100, **extra})
+    tx = pp.sparse_optimizer(sgd, pp.sparsity.build_method(cfg, params, 10**9, ALPHA))
+    p0 = pp.sparsity.initial_params(params, pp.sparsity.build_method(cfg, params, 10**9, ALPHA))
+    step_s = train.make_train_step(model, tx, train.Reparam(ALPHA))
+    state_s = train.TrainState(jnp.zeros([], jnp.int32), p0, net_state, tx.init(p0),
+                               jax.random.PRNGKey(1))
+    state_s = jax.tree_util.tree_map(jnp.copy, state_s)
+    loop_s = jax.jit(lambda s, x, y, f=step_s: jax.lax.scan(
+        lambda c, xy: (f(c, {"image": xy[0], "label": xy[1]})[0], ()), s, (x, y))[0])
+    out[f"powerprop_loop+{method}90"] = (loop_s, state_s)
   return out
 
 

@@ -45,9 +45,12 @@ class SparsityMethod(NamedTuple):
 
   init(params) -> MaskUpdate at step 0 (params may be pruned/initialised sparse here).
   update(params, dense_grads, masks, grad_masks, state, step) -> MaskUpdate.
+  penalty_grads(params, masks, grad_masks) -> a gradient tree added to the loss gradient
+    before the inner optimizer (e.g. Top-KAST's exploration penalty), or None.
   """
   init: Callable[[PyTree], MaskUpdate]
   update: Callable[..., MaskUpdate]
+  penalty_grads: Optional[Callable[[PyTree, PyTree, PyTree], PyTree]] = None
 
 
 class SparseState(NamedTuple):
@@ -84,11 +87,16 @@ def sparse_optimizer(inner: optax.GradientTransformation, method: SparsityMethod
                 **extra_args):
     if params is None:
       raise ValueError("sparse_optimizer needs the current params: call update(g, s, params)")
+    if dense_grads is None:
+      dense_grads = updates
+    if method.penalty_grads is not None:
+      updates = jax.tree_util.tree_map(
+          jnp.add, updates, method.penalty_grads(params, state.masks, state.grad_masks))
     grads = _where(state.grad_masks, updates, 0.0)
     u, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
     u = _where(state.grad_masks, u, 0.0)
     stepped = optax.apply_updates(params, u)
-    new = method.update(stepped, updates if dense_grads is None else dense_grads,
+    new = method.update(stepped, dense_grads,
                         state.masks, state.grad_masks, state.method_state, state.count + 1)
     grown = jax.tree_util.tree_map(lambda new_m, old_m: new_m & ~old_m,
                                    new.grad_masks, state.grad_masks)

@@ -1,0 +1,126 @@
+"""RigL (Evci et al., 2020) and SET (Mocanu et al., 2018): sparse from step 0, drop and grow.
+
+Masks start random with exact per-layer counts (e.g. ERK). At every ``update_every`` steps up
+to ``end_step``, per layer, with f_t = drop_fraction * (1 + cos(pi t / end_step)) / 2:
+* drop k = floor(f_t * n_active) active weights with the smallest |w|;
+* grow k weights outside the surviving set: RigL by the largest dense gradient |dL/dw| (the
+  loop passes the gradient w.r.t. the effective weights, defined at zero weights too), SET at
+  random. The active count never changes; grown weights' momentum is reset (by the wrapper).
+
+Under Powerpropagation the stored params are v, magnitudes |v| (same order as |w|), gradients
+g_w = dL/dw. A weight grown at v = 0 can never move for alpha > 1 (dw/dv = 0 there), so
+``grow_init`` chooses where it starts:
+* "zero": v = 0 (plain RigL; right for alpha = 1, stuck weights for alpha > 1);
+* "min_active": v = -sign(g_w) * (smallest |v| kept in the layer), i.e. just like the weakest
+  surviving weight, pointing downhill;
+* "w_epsilon": w = -sign(g_w) * epsilon, i.e. v = -sign(g_w) * epsilon^(1/alpha).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from powerprop_jax import masks as masks_lib
+from powerprop_jax import transform
+from powerprop_jax.sparsity import schedules
+from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
+from powerprop_jax.sparsity.ranking import top_k_mask_traced
+
+PyTree = Any
+GROW_INITS = ("zero", "min_active", "w_epsilon")
+
+
+def _grown_values(p, g, keep, grow_init: str, alpha: float, epsilon: float):
+  direction = -jnp.sign(g)
+  direction = jnp.where(direction == 0, 1.0, direction)
+  if grow_init == "zero":
+    return jnp.zeros_like(p)
+  if grow_init == "min_active":
+    smallest = jnp.min(jnp.where(keep, jnp.abs(p), jnp.inf))
+    smallest = jnp.where(jnp.isfinite(smallest), smallest, 0.0)
+    return (direction * smallest).astype(p.dtype)
+  if grow_init == "w_epsilon":
+    return (direction * transform.inverse_powerprop(jnp.asarray(epsilon, p.dtype), alpha)
+            ).astype(p.dtype)
+  raise ValueError(f"sparsity.grow_init must be one of {GROW_INITS}, got {grow_init!r}")
+
+
+def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_step: int,
+                  grow: str = "gradient", grow_init: str = "zero", alpha: float = 1.0,
+                  epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
+  """RigL (``grow="gradient"``) or SET (``grow="random"``) with per-layer keep counts.
+
+  ``counts`` is a params-shaped tree of active counts (-1 for leaves never pruned).
+  """
+  if grow not in ("gradient", "random"):
+    raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
+  if grow_init not in GROW_INITS:
+    raise ValueError(f"sparsity.grow_init must be one of {GROW_INITS}, got {grow_init!r}")
+  alpha = transform.validate_alpha(alpha)
+  leaves = jax.tree_util.tree_leaves(counts)
+
+  def random_masks(params, key):
+    keys = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(counts),
+                                        list(jax.random.split(key, len(leaves))))
+    def leaf(p, c, k):
+      if c < 0:
+        return jnp.ones(p.shape, bool)
+      return masks_lib.top_k_mask(jax.random.uniform(k, p.shape), c)
+    return jax.tree_util.tree_map(leaf, params, counts, keys)
+
+  def init(params):
+    key = jax.random.PRNGKey(seed)
+    key, sub = jax.random.split(key)
+    masks = random_masks(params, sub)
+    return MaskUpdate(masks_lib.apply_masks(params, masks), masks, masks, key)
+
+  def drop_grow(params, grads, masks, key, step):
+    fraction = schedules.cosine_drop_fraction(step, drop_fraction, end_step)
+    key, sub = jax.random.split(key)
+    keys = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(counts),
+                                        list(jax.random.split(sub, len(leaves))))
+
+    def leaf(p, g, m, c, k):
+      if c < 0:
+        return p, m
+      n_drop = jnp.floor(fraction * c).astype(jnp.int32)
+      keep = top_k_mask_traced(jnp.where(m, jnp.abs(p), -jnp.inf), c - n_drop) & m
+      score = jnp.abs(g) if grow == "gradient" else jax.random.uniform(k, p.shape)
+      grown = top_k_mask_traced(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
+      new_p = jnp.where(grown, _grown_values(p, g, keep, grow_init, alpha, epsilon), p)
+      new_m = keep | grown
+      return jnp.where(new_m, new_p, jnp.zeros_like(p)), new_m
+
+    pairs = jax.tree_util.tree_map(leaf, params, grads, masks, counts, keys)
+    is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+    return (jax.tree_util.tree_map(lambda t: t[0], pairs, is_leaf=is_pair),
+            jax.tree_util.tree_map(lambda t: t[1], pairs, is_leaf=is_pair), key)
+
+  def update(params, dense_grads, masks, grad_masks, key, step):
+    del grad_masks
+    params, masks, key = jax.lax.cond(
+        schedules.is_update_step(step, update_every, end_step, update_every),
+        lambda: drop_grow(params, dense_grads, masks, key, step),
+        lambda: (masks_lib.apply_masks(params, masks), masks, key))
+    return MaskUpdate(params, masks, masks, key)
+
+  return SparsityMethod(init, update)
+
+
+def rigl(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
+         end_step: int = 0, grow_init: str = "zero", alpha: float = 1.0,
+         epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
+  """RigL: grow by the largest dense-gradient magnitude |dL/dw|."""
+  return drop_and_grow(counts, drop_fraction, update_every, end_step, "gradient", grow_init,
+                       alpha, epsilon, seed)
+
+
+def set_method(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
+               end_step: int = 0, grow_init: str = "zero", alpha: float = 1.0,
+               epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
+  """SET: grow uniformly at random among the inactive weights."""
+  return drop_and_grow(counts, drop_fraction, update_every, end_step, "random", grow_init,
+                       alpha, epsilon, seed)
