@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.continual.finetune_steps = 500           # 0 turns fine-tuning off
   config.continual.prune_fraction = 0.75          # packnet: fraction of t's weights freed
   config.continual.gamma = 0.99                   # efficient_packnet: P_s >= gamma * P
+  config.continual.scope = "layerwise"           # layerwise | global ranking by |w|
   config.continual.min_keep_fraction = 0.01       # efficient_packnet keep grid:
   config.continual.num_keep_fractions = 25        #   geomspace(min_keep_fraction, 1, num)
 

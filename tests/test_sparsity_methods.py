@@ -169,7 +169,7 @@ class MethodsTest(chex.TestCase):
     method = pp.sparsity.top_kast({"l": {"w": 1}}, {"l": {"w": 2}}, 0.1, 1, 10)
     start = method.init(params)
     pen = method.penalty_grads(params, start.masks, start.grad_masks)
-    # lambda on A, lambda / D on B \\ A (D = 1/4), nothing elsewhere
+    # lambda on A, lambda / D on B minus A (D = 1/4), nothing elsewhere
     np.testing.assert_allclose(pen["l"]["w"], [[0.1 * 4.0, 0.1 / 0.25 * 3.0], [0.0, 0.0]],
                                rtol=1e-6)
 

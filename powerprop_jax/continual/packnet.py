@@ -21,15 +21,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from powerprop_jax import checkpoint as checkpoint_lib
-from powerprop_jax import masks as masks_lib
 from powerprop_jax import models, train, transform
 from powerprop_jax.continual import assignment
 from powerprop_jax.continual import tasks as tasks_lib
@@ -75,6 +72,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"continual.steps_per_task must be >= 1 and finetune_steps >= 0, got "
                      f"{c.steps_per_task}, {c.finetune_steps}")
   keep_grid(float(c.min_keep_fraction), int(c.num_keep_fractions))
+  if c.get("scope", "layerwise") not in ("layerwise", "global"):
+    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {c.scope!r}")
 
 
 def _passthrough() -> sparse_base.SparsityMethod:
@@ -94,31 +93,47 @@ def _permuted_batch(data, idx):
   return {"image": dataset.images[idx][:, perm], "label": dataset.labels[idx]}
 
 
-def candidate_order(weights: PyTree, candidates: PyTree, predicate: transform.ParamPredicate
-                    ) -> PyTree:
-  """Per prunable leaf, the flat indices of its candidates sorted by descending |w| (stable,
-  ties to the lower index); None for other leaves. Computed once, reused for every fraction."""
-  def fn(w, c, cand):
-    if not c:
-      return None
-    flat_c = np.asarray(cand, bool).ravel()
-    scores = np.where(flat_c, np.abs(np.asarray(w, np.float32)).ravel(), -1.0)
-    order = np.argsort(-scores, kind="stable")
-    return order[:int(flat_c.sum())]
-  chosen = transform.selected(weights, predicate)
-  return jax.tree_util.tree_map(fn, weights, chosen, candidates)
+def make_keep_fn(weights: PyTree, candidates: PyTree, scope: str,
+                 predicate: transform.ParamPredicate) -> Callable[[float], PyTree]:
+  """``keep(fraction)``: the candidates (weights trained on the current task) to keep.
 
+  scope "layerwise": per prunable leaf, the top round(fraction * n_candidates) by |w|;
+  "global": the top round(fraction * n_candidates_total) over all prunable leaves together.
+  Ties go to the lower (flat, then leaf) index. Non-prunable leaves are all True. The sort is
+  done once, so trying many fractions is cheap.
+  """
+  if scope not in ("layerwise", "global"):
+    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {scope!r}")
+  leaves, treedef = jax.tree_util.tree_flatten(weights)
+  chosen = jax.tree_util.tree_leaves(transform.selected(weights, predicate))
+  cands = [np.asarray(c, bool).ravel() for c in jax.tree_util.tree_leaves(candidates)]
+  scores = [np.where(c, np.abs(np.asarray(w, np.float32)).ravel(), -1.0)
+            for w, c in zip(leaves, cands)]
+  idx = [i for i, c in enumerate(chosen) if c]
+  if scope == "layerwise":
+    orders = {i: np.argsort(-scores[i], kind="stable")[:int(cands[i].sum())] for i in idx}
+  else:
+    flat = np.concatenate([scores[i] for i in idx])
+    order = np.argsort(-flat, kind="stable")[:int(sum(cands[i].sum() for i in idx))]
+    offsets = np.cumsum([0] + [scores[i].size for i in idx])
 
-def layer_keep_masks(weights: PyTree, order: PyTree, fraction: float) -> PyTree:
-  """Per prunable leaf, the top round(fraction * n_candidates) candidates by |w|; non-prunable
-  leaves all True. ``order`` from :func:`candidate_order`."""
-  def fn(w, o):
-    if o is None:
-      return np.ones(np.shape(w), bool)
-    keep = np.zeros(np.size(w), bool)
-    keep[o[:int(round(fraction * o.size))]] = True
-    return keep.reshape(np.shape(w))
-  return jax.tree_util.tree_map(fn, weights, order, is_leaf=lambda x: x is None)
+  def keep(fraction: float) -> PyTree:
+    out = [np.ones(np.shape(w), bool) for w in leaves]
+    for i in idx:
+      out[i] = np.zeros(scores[i].size, bool)
+    if scope == "layerwise":
+      for i in idx:
+        out[i][orders[i][:int(round(fraction * orders[i].size))]] = True
+    else:
+      top = order[:int(round(fraction * order.size))]
+      for n, i in enumerate(idx):
+        sel = top[(top >= offsets[n]) & (top < offsets[n + 1])]
+        out[i][sel - offsets[n]] = True
+    for i in idx:
+      out[i] = out[i].reshape(np.shape(leaves[i]))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+  return keep
 
 
 def _union(a: PyTree, b: PyTree) -> PyTree:
@@ -164,7 +179,9 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
     start_task = int(ckpt.latest_step())
     log(f"resumed after task {start_task - 1} from {workdir}")
 
-  tx = sparse_base.sparse_optimizer(train.make_optimizer(config.optimizer, 1), _passthrough())
+  # Every phase (train, fine-tune) starts a fresh optimizer state: a schedule restarts per phase.
+  tx = sparse_base.sparse_optimizer(
+      train.make_optimizer(config.optimizer, int(c.steps_per_task)), _passthrough())
   chunk_fn = train.make_chunk_fn(train.make_train_step(model, tx, reparam), _permuted_batch)
   evaluate = train.make_eval_fn(model, reparam)
   device_train = jax.device_put(datasets["train"])
@@ -220,16 +237,16 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
     older = jax.tree_util.tree_map(lambda o: (np.asarray(o) >= 1) & (np.asarray(o) <= t),
                                    owners)
     weights = transform.effective_params(params, reparam.alpha, pred)
-    order = candidate_order(weights, candidates, pred)
+    keep_fn = make_keep_fn(weights, candidates, c.get("scope", "layerwise"), pred)
     nonprunable_true = jax.tree_util.tree_map(lambda c_, o: np.full(np.shape(o), not c_),
                                               transform.selected(owners, pred), owners)
     if c.method == "packnet":
       fraction = 1.0 - float(c.prune_fraction)
-      keep = layer_keep_masks(weights, order, fraction)
+      keep = keep_fn(fraction)
       pruned = evaluate(params, net_state, val, _union(_union(older, keep), nonprunable_true))
     else:
       for fraction in grid:
-        keep = layer_keep_masks(weights, order, float(fraction))
+        keep = keep_fn(float(fraction))
         pruned = evaluate(params, net_state, val,
                           _union(_union(older, keep), nonprunable_true))
         if pruned >= float(c.gamma) * dense:
