@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from powerprop_jax import transform
+from powerprop_jax import select, transform
 from powerprop_jax.transform import ParamPredicate, weights_only
 
 PyTree = Any
@@ -39,17 +39,15 @@ def num_kept(size: int, sparsity: float) -> int:
   return int(round((1.0 - validate_sparsity(sparsity)) * size))
 
 
-def top_k_mask(scores: jax.Array, k: int) -> jax.Array:
+def top_k_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
   """Boolean mask of ``scores``' shape keeping exactly its k largest entries.
 
-  Ties are broken deterministically towards the lower flat index (a stable sort).
+  Ties are broken deterministically towards the lower flat index (as a stable sort would);
+  ``k`` may be traced inside jit. Runs in O(32 n) with no sort (see ``select``).
   """
-  flat = jnp.ravel(scores)
-  if not 0 <= k <= flat.size:
-    raise ValueError(f"k must be in [0, {flat.size}], got {k}")
-  order = jnp.argsort(-flat, stable=True)
-  keep = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
-  return keep.reshape(jnp.shape(scores))
+  if isinstance(k, (int, np.integer)) and not 0 <= k <= np.size(scores):
+    raise ValueError(f"k must be in [0, {np.size(scores)}], got {k}")
+  return select.top_k_mask(scores, k)
 
 
 def _leaf_sparsity(sparsity: Sparsity, module_name: str) -> float:

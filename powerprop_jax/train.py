@@ -27,8 +27,10 @@ import optax
 
 from powerprop_jax import checkpoint as checkpoint_lib
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import parallel
 from powerprop_jax import transform
 from powerprop_jax.data import Dataset
+from powerprop_jax.data import augment as augment_lib
 from powerprop_jax.sparsity import base as sparse_base
 from powerprop_jax.sparsity import registry
 
@@ -137,13 +139,23 @@ def make_train_step(model: hk.TransformedWithState, tx: optax.GradientTransforma
   return step_fn
 
 
-def make_chunk_fn(step_fn, batch_fn: Callable[[PyTree, jax.Array], Batch]):
-  """jit(scan(step_fn)) over a chunk: ``(state, data, idx[K, B]) -> (state, mean metrics)``."""
+def make_chunk_fn(step_fn, batch_fn: Callable[[PyTree, jax.Array], Batch],
+                  unroll: int | bool = 1, batch_sharding: Optional[jax.sharding.Sharding] = None):
+  """jit(scan(step_fn)) over a chunk: ``(state, data, idx[K, B]) -> (state, mean metrics)``.
+
+  ``unroll=True`` unrolls the scan: XLA:CPU runs convolutions inside a loop body ~20x slower
+  than outside one (jax-ml/jax#12868), so the conv-net configs unroll short chunks on CPU.
+  ``batch_sharding`` (see ``parallel``) splits each gathered batch over devices; the state
+  keeps the sharding it was given (replicated), so jit inserts the gradient all-reduce.
+  """
 
   def chunk(state: TrainState, data: PyTree, idx: jax.Array):
     def body(s, i):
-      return step_fn(s, batch_fn(data, i))
-    state, metrics = jax.lax.scan(body, state, idx)
+      batch = batch_fn(data, i)
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return step_fn(s, batch)
+    state, metrics = jax.lax.scan(body, state, idx, unroll=unroll)
     return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
   return jax.jit(chunk, donate_argnums=(0,))
@@ -221,23 +233,33 @@ def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
   """Model, optimizer (with the sparsity method inside) and the initial state."""
   from powerprop_jax import models  # pylint: disable=g-import-not-at-top
   reparam = Reparam(transform.validate_alpha(config.alpha))
-  model = models.get_model(config.model.name, config.model.get("num_classes", 10))
+  model = models.model_from_config(config.model)
   rng = jax.random.PRNGKey(config.seed)
   init_key, rng = jax.random.split(rng)
-  params, net_state = model.init(init_key, sample_input, is_training=True)
-  params = transform.reparameterise_init(params, reparam.alpha, reparam.predicate)
+  # Everything below runs jitted: op-by-op execution would compile hundreds of tiny programs
+  # (a minute for a ResNet on CPU).
+  params, net_state = jax.jit(lambda k, x: model.init(k, x, is_training=True))(
+      init_key, sample_input)
+  transform.check_no_zero_init(params, reparam.alpha, reparam.predicate)
+  params = jax.jit(lambda p: transform.reparameterise_init(p, reparam.alpha, reparam.predicate)
+                   )(params)
   steps = int(config.train.steps)
   tx = make_optimizer(config.optimizer, steps)
-  method = registry.build_method(config.sparsity, params, steps, reparam.alpha)
+  method = registry.build_method(config.sparsity, params, steps, reparam.alpha,
+                                 models.creation_order(config.model, sample_input))
   if method is not None:
     tx = sparse_base.sparse_optimizer(tx, method)
-    params = sparse_base.initial_params(params, method)
-  opt_state = tx.init(params)
-  state = TrainState(jnp.zeros([], jnp.int32), params, net_state, opt_state, rng)
-  # Fresh buffers: the chunk function donates the state, and init may alias leaves
-  # (e.g. masks and grad_masks are one array for most sparsity methods).
-  state = jax.tree_util.tree_map(jnp.copy, state)
-  return Experiment(model, tx, reparam, state)
+
+  @jax.jit
+  def init_state(params, net_state, rng):
+    if method is not None:
+      params = sparse_base.initial_params(params, method)
+    state = TrainState(jnp.zeros([], jnp.int32), params, net_state, tx.init(params), rng)
+    # Fresh buffers: the chunk function donates the state, and init may alias leaves
+    # (e.g. masks and grad_masks are one array for most sparsity methods).
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+  return Experiment(model, tx, reparam, init_state(params, net_state, rng))
 
 
 def _log(msg: str) -> None:
@@ -265,11 +287,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = ckpt.restore(state)
     log(f"resumed from step {int(state.step)} in {workdir}")
   writer = MetricsWriter(workdir)
-  chunk_fn = make_chunk_fn(make_train_step(exp.model, exp.tx, exp.reparam,
-                                           config.train.get("label_smoothing", 0.0)),
-                           gather_batch)
+  augment = augment_lib.get_augment(train_cfg.get("augment", "none"))
+  mesh = parallel.make_mesh(int(train_cfg.get("num_devices", 1)))
+  parallel.check_batch_size(batch, mesh)
+  chunk_fn = make_chunk_fn(
+      make_train_step(exp.model, exp.tx, exp.reparam, train_cfg.get("label_smoothing", 0.0),
+                      augment),
+      gather_batch, unroll=train_cfg.get("unroll", 1),
+      batch_sharding=parallel.batch_sharding(mesh) if mesh.size > 1 else None)
   evaluate = make_eval_fn(exp.model, exp.reparam)
-  device_train = jax.device_put(Dataset(train.images, train.labels))
+  state = parallel.replicate(state, mesh)
+  device_train = parallel.replicate(Dataset(train.images, train.labels), mesh)
   start, t0 = int(state.step), time.time()
   while int(state.step) < steps:
     s = int(state.step)

@@ -139,3 +139,25 @@ def reparameterise_init(params: PyTree, alpha: float,
   """
   alpha = validate_alpha(alpha)
   return map_selected(lambda u: inverse_powerprop(u, alpha), params, predicate)
+
+
+def check_no_zero_init(params: PyTree, alpha: float,
+                       predicate: ParamPredicate = weights_only) -> None:
+  """Raises ValueError if a reparameterised leaf is initialised all-zero with alpha > 1.
+
+  v = 0 is a fixed point of Powerpropagation (dw/dv = alpha |v|^(alpha-1) = 0), so such a
+  layer never trains; e.g. ``hk.nets.ResNet``'s logits layer is zero-initialised by default.
+  Call on concrete params (outside jit).
+  """
+  if validate_alpha(alpha) == 1.0:
+    return
+  bad = []
+  def visit(path, x):
+    module, name = _path_names(path)
+    if predicate(module, name, tuple(jnp.shape(x))) and not bool(jnp.any(x != 0)):
+      bad.append(f"{module}/{name}")
+  jax.tree_util.tree_map_with_path(visit, params)
+  if bad:
+    raise ValueError(f"parameters initialised to all zeros can never move under "
+                     f"Powerpropagation with alpha={alpha} (v = 0 is a fixed point): {bad}; "
+                     "give them a non-zero initializer or exclude them with the predicate")

@@ -210,3 +210,41 @@ def test_checkpoint_resume_reproduces_run(mnist, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves((first.params, first.owners)),
                   jax.tree_util.tree_leaves((again.params, again.owners))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---------------------------------------------------------------- the script
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _run_script(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, "scripts/continual.py",
+                         "--config=configs/continual_pmnist.py", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_script_bad_gamma_is_one_line(tmp_path):
+  out = _run_script("--config.continual.gamma=1.5", f"--workdir={tmp_path}")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == ["error: continual.gamma must be in (0, 1], got 1.5"]
+
+
+def test_script_writes_results(mnist, tmp_path):
+  """2 tasks x 100 steps, gamma 0.9, alpha 1 and 3: results.json/csv and the plot are written."""
+  import json  # pylint: disable=g-import-not-at-top
+  out = _run_script(f"--config.data.dir={MNIST_DIR}", f"--workdir={tmp_path}",
+                    "--config.continual.num_tasks=2", "--config.continual.steps_per_task=100",
+                    "--config.continual.finetune_steps=20", "--config.train.chunk_steps=100",
+                    "--config.continual.num_keep_fractions=5", "--config.continual.gamma=0.9",
+                    "--config.sweep.alphas=(1.0,3.0)")
+  assert out.returncode == 0, out.stderr[-2000:]
+  runs = json.load(open(tmp_path / "results.json"))
+  assert [(r["alpha"], r["seed"]) for r in runs] == [(1.0, 0), (3.0, 0)]
+  for r in runs:
+    assert r["acc"][0][1] is None and r["acc"][1][0] == r["acc"][0][0]
+    assert len(r["capacity_used"]) == 2 and 0 < r["total_capacity"] <= 1
+    np.testing.assert_allclose(r["average_accuracy"], np.mean(r["acc"][1]))
+  assert open(tmp_path / "results.csv").readline().startswith("method,alpha,seed,task,")
+  assert os.path.getsize(tmp_path / "capacity_and_accuracy.png") > 10_000
+  assert "task 1:" in out.stdout

@@ -142,3 +142,19 @@ class MaskedOptimizerTest(chex.TestCase):
     chex.assert_trees_all_equal(pp.sparsity.find_sparse_state(state).masks, masks)
     fwd = pp.sparsity.forward_params(params, state)
     chex.assert_trees_all_equal(fwd, pp.apply_masks(params, masks))
+
+
+def test_top_k_mask_equals_stable_argsort_with_ties_and_traced_k():
+  """The radix search keeps the same set as argsort(-x, stable=True)[:k], for every k."""
+  rng = np.random.default_rng(0)
+  x = rng.choice(np.array([-np.inf, -2.0, -0.0, 0.0, 1e-30, 0.5, 0.5, 3.0, np.inf], np.float32),
+                 size=57)
+  x = np.concatenate([x, rng.normal(size=40).astype(np.float32)])
+  traced = jax.jit(pp.top_k_mask)
+  order = np.argsort(-x, kind="stable")
+  for k in range(x.size + 1):
+    expected = np.zeros(x.size, bool)
+    expected[order[:k]] = True
+    np.testing.assert_array_equal(np.asarray(traced(jnp.asarray(x), k)), expected, err_msg=k)
+  np.testing.assert_array_equal(np.asarray(pp.top_k_mask(jnp.asarray(x).reshape(97, 1), 9)),
+                                np.isin(np.arange(97), order[:9]).reshape(97, 1))

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import powerprop_jax as pp
 
@@ -116,3 +117,15 @@ class TransformTest(chex.TestCase):
     for alpha in ALPHAS:
       v = pp.reparameterise_init(u, alpha)
       chex.assert_trees_all_close(pp.effective_params(v, alpha), u, rtol=2e-6, atol=1e-7)
+
+
+def test_zero_initialised_weights_are_refused_for_alpha_above_one():
+  """v = 0 is a fixed point: a zero-initialised layer (hk.nets.ResNet's default logits) would
+  never train, so building an experiment with one raises; alpha = 1 is fine."""
+  params = {"conv": {"w": jnp.ones((3, 3)), "b": jnp.zeros(3)}, "logits": {"w": jnp.zeros((3, 2))}}
+  pp.transform.check_no_zero_init(params, 1.0)
+  pp.transform.check_no_zero_init({"conv": params["conv"]}, 4.0)  # zero biases are fine
+  with pytest.raises(ValueError, match=r"logits/w"):
+    pp.transform.check_no_zero_init(params, 2.0)
+  g = jax.grad(lambda v: jnp.sum(pp.powerprop(v, 2.0)))(params["logits"]["w"])
+  np.testing.assert_array_equal(g, 0.0)

@@ -156,7 +156,7 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
   batch, chunk = int(config.train.batch_size), int(config.train.chunk_steps)
   stream = tasks_lib.permutations(n_tasks, datasets["train"].images.shape[1],
                                   int(c.permutation_seed))
-  model = models.get_model(config.model.name, config.model.get("num_classes", 10))
+  model = models.model_from_config(config.model)
   sample = datasets["train"].images[:1]
 
   def fresh_params(task: int) -> tuple[PyTree, PyTree]:

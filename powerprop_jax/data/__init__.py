@@ -6,12 +6,16 @@ from typing import Callable
 
 import ml_collections
 
+from powerprop_jax.data.cifar import load_cifar10
 from powerprop_jax.data.mnist import DataError, Dataset, load_mnist, read_idx
 
 # name -> loader(data_config) -> {"train", "validation", "test"} Datasets
 LOADERS: dict[str, Callable[[ml_collections.ConfigDict], dict[str, Dataset]]] = {
     "mnist": lambda c: load_mnist(c.get("source", "auto"), c.get("dir", ""),
                                   c.get("num_validation", 5000)),
+    "cifar10": lambda c: load_cifar10(c.get("source", "npz"), c.get("dir", ""),
+                                      c.get("file", "cifar10_jpeg_subset.npz"),
+                                      c.get("num_validation", 1000)),
 }
 
 
@@ -22,4 +26,5 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Dataset]:
   return LOADERS[config.name](config)
 
 
-__all__ = ["DataError", "Dataset", "LOADERS", "load_datasets", "load_mnist", "read_idx"]
+__all__ = ["DataError", "Dataset", "LOADERS", "load_cifar10", "load_datasets", "load_mnist",
+           "read_idx"]

@@ -80,21 +80,6 @@ def _load_idx(data_dir: str) -> dict[str, np.ndarray]:
   return arrays
 
 
-def _load_tfds(data_dir: str | None) -> dict[str, np.ndarray]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  arrays = {}
-  for split in ("train", "test"):
-    try:
-      source = tfds.data_source("mnist", split=split, data_dir=data_dir or None)
-      examples = [source[i] for i in range(len(source))]
-    except Exception as e:  # tfds raises many types for a missing/undownloadable set
-      raise DataError(f"cannot load tfds mnist ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                      "offline, pass --config.data.dir=DIR holding the IDX files") from None
-    arrays[f"{split}_images"] = np.stack([np.asarray(e["image"]) for e in examples])
-    arrays[f"{split}_labels"] = np.asarray([e["label"] for e in examples])
-  return arrays
-
-
 def _as_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
   flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
   return Dataset(flat, labels.astype(np.int32))
@@ -111,7 +96,9 @@ def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5
   if source == "idx":
     arrays = _load_idx(data_dir)
   elif source == "tfds":
-    arrays = _load_tfds(data_dir)
+    from powerprop_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    arrays = tfds_source.load_arrays("mnist", data_dir,
+                                     "offline, pass --config.data.dir=DIR holding the IDX files")
   else:
     raise DataError(f"data.source must be 'auto', 'idx' or 'tfds', got {source!r}")
   n = len(arrays["train_images"])

@@ -24,9 +24,9 @@ from powerprop_jax.sparsity.base import SparsityMethod
 PyTree = Any
 
 
-def _counts(config, params, level) -> PyTree:
+def _counts(config, params, level, layer_order=()) -> PyTree:
   counts = distributions.keep_counts(params, level, config.get("distribution", "uniform"),
-                                     config.get("dense_layers", ""))
+                                     config.get("dense_layers", ""), layer_order=layer_order)
   return distributions.counts_tree(params, counts)
 
 
@@ -51,22 +51,24 @@ def _level(config, method: str) -> float:
   return level
 
 
-def build_oneshot(config, params, total_steps, alpha) -> SparsityMethod:
+def build_oneshot(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
   del alpha
   begin = int(config.get("begin_step", 0))
   if not 0 <= begin <= total_steps:
     raise ValueError(f"sparsity.begin_step must be in [0, {total_steps}], got {begin}")
-  return magnitude.oneshot_pruning(_counts(config, params, _level(config, "oneshot")), begin)
+  level = _level(config, "oneshot")
+  return magnitude.oneshot_pruning(_counts(config, params, level, layer_order), begin)
 
 
-def build_gradual(config, params, total_steps, alpha) -> SparsityMethod:
+def build_gradual(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
   del alpha
   level = _level(config, "gradual")
   begin, end, every = _window(config, total_steps, 0.5)
-  return magnitude.gradual_pruning(_counts(config, params, level), begin, end, every)
+  return magnitude.gradual_pruning(_counts(config, params, level, layer_order), begin, end,
+                                   every)
 
 
-def build_topkast(config, params, total_steps, alpha) -> SparsityMethod:
+def build_topkast(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
   del alpha
   level = _level(config, "topkast")
   backward = masks_lib.validate_sparsity(config.get("backward_level", 0.0),
@@ -78,11 +80,13 @@ def build_topkast(config, params, total_steps, alpha) -> SparsityMethod:
   penalty = float(config.get("penalty", 1e-4))
   if penalty < 0:
     raise ValueError(f"sparsity.penalty must be >= 0, got {penalty}")
-  return topkast.top_kast(_counts(config, params, level), _counts(config, params, backward),
+  return topkast.top_kast(_counts(config, params, level, layer_order),
+                          _counts(config, params, backward, layer_order),
                           penalty, every, end)
 
 
-def _build_drop_grow(config, params, total_steps, alpha, grow: str) -> SparsityMethod:
+def _build_drop_grow(config, params, total_steps, alpha, grow: str, layer_order=()
+                     ) -> SparsityMethod:
   name = "rigl" if grow == "gradient" else "set"
   level = _level(config, name)
   _, end, every = _window(config, total_steps, 0.75)
@@ -92,17 +96,18 @@ def _build_drop_grow(config, params, total_steps, alpha, grow: str) -> SparsityM
   grow_init = config.get("grow_init", "auto")
   if grow_init == "auto":
     grow_init = "zero" if alpha == 1.0 else "min_active"
-  return rigl.drop_and_grow(_counts(config, params, level), fraction, every, end, grow,
+  return rigl.drop_and_grow(_counts(config, params, level, layer_order), fraction, every, end,
+                            grow,
                             grow_init, alpha, float(config.get("grow_epsilon", 1e-3)),
                             int(config.get("seed", 0)))
 
 
-def build_rigl(config, params, total_steps, alpha) -> SparsityMethod:
-  return _build_drop_grow(config, params, total_steps, alpha, "gradient")
+def build_rigl(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
+  return _build_drop_grow(config, params, total_steps, alpha, "gradient", layer_order)
 
 
-def build_set(config, params, total_steps, alpha) -> SparsityMethod:
-  return _build_drop_grow(config, params, total_steps, alpha, "random")
+def build_set(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
+  return _build_drop_grow(config, params, total_steps, alpha, "random", layer_order)
 
 
 def default_config(method: str = "none") -> ml_collections.ConfigDict:

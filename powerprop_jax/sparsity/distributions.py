@@ -37,8 +37,16 @@ def prunable_layers(params: PyTree, predicate: transform.ParamPredicate = transf
   return out
 
 
-def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str]) -> set[str]:
-  """Module names to keep dense, from a list or a comma string with aliases first/last."""
+def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str],
+                         layer_order: Sequence[str] = ()) -> set[str]:
+  """Module names to keep dense, from a list or a comma string with aliases first/last.
+
+  "first"/"last" follow ``layer_order`` (module names in the order the model creates them,
+  see ``models.creation_order``) where given, else ``names``' (pytree, i.e. sorted) order.
+  """
+  position = {n: i for i, n in enumerate(layer_order)}
+  names = sorted(names, key=lambda n: position.get(n.rsplit("/", 1)[0] if n not in position
+                                                   else n, len(position)))
   if isinstance(dense_layers, str):
     dense_layers = [d.strip() for d in dense_layers.split(",") if d.strip()]
   out = set()
@@ -98,13 +106,16 @@ def _exact_counts(shapes: dict[str, tuple[int, ...]], densities: dict[str, float
 def keep_counts(params: PyTree, sparsity: float, distribution: str = "uniform",
                 dense_layers: str | Sequence[str] = "",
                 predicate: transform.ParamPredicate = transform.weights_only,
-                ) -> dict[str, int]:
-  """{module_name: number of weights kept} for the prunable layers of ``params``."""
+                layer_order: Sequence[str] = ()) -> dict[str, int]:
+  """{module_name: number of weights kept} for the prunable layers of ``params``.
+
+  ``layer_order`` (creation order of module names) places the "first"/"last" dense layers.
+  """
   sparsity = masks_lib.validate_sparsity(sparsity, "sparsity.level")
   shapes = prunable_layers(params, predicate)
   if not shapes:
     raise ValueError("no prunable parameters: the predicate selects none")
-  dense = resolve_dense_layers(list(shapes), dense_layers)
+  dense = resolve_dense_layers(list(shapes), dense_layers, layer_order)
   if distribution == "uniform":
     return {n: int(np.prod(s)) if n in dense else masks_lib.num_kept(int(np.prod(s)), sparsity)
             for n, s in shapes.items()}

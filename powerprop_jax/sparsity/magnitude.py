@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from powerprop_jax import masks as masks_lib
 from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
-from powerprop_jax.sparsity.ranking import top_k_mask_traced
 
 PyTree = Any
 
@@ -46,7 +45,7 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
     def leaf(p, m, c):
       if c < 0:
         return m
-      keep = top_k_mask_traced(jnp.where(m, jnp.abs(p), -1.0), layer_keep(p.size, c, step))
+      keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -1.0), layer_keep(p.size, c, step))
       return keep & m  # never revive a pruned weight
     return jax.tree_util.tree_map(leaf, params, masks, counts)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
@@ -10,7 +10,8 @@ from powerprop_jax.sparsity.base import SparsityMethod
 
 PyTree = Any
 # builder(sparsity_config, params, total_steps, alpha) -> SparsityMethod
-Builder = Callable[[ml_collections.ConfigDict, PyTree, int, float], SparsityMethod]
+# builder(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod
+Builder = Callable[..., SparsityMethod]
 
 _BUILDERS: dict[str, Optional[Builder]] = {"none": None}
 
@@ -25,10 +26,13 @@ def methods() -> list[str]:
 
 
 def build_method(config: ml_collections.ConfigDict, params: PyTree, total_steps: int,
-                 alpha: float) -> Optional[SparsityMethod]:
-  """The method named by ``config.method`` (None for dense training)."""
+                 alpha: float, layer_order: Sequence[str] = ()) -> Optional[SparsityMethod]:
+  """The method named by ``config.method`` (None for dense training).
+
+  ``layer_order``: module names in creation order, for the "first"/"last" dense layers.
+  """
   name = config.get("method", "none")
   if name not in _BUILDERS:
     raise ValueError(f"unknown sparsity.method {name!r}; known: {methods()}")
   builder = _BUILDERS[name]
-  return None if builder is None else builder(config, params, total_steps, alpha)
+  return None if builder is None else builder(config, params, total_steps, alpha, layer_order=layer_order)

@@ -27,7 +27,6 @@ from powerprop_jax import masks as masks_lib
 from powerprop_jax import transform
 from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
-from powerprop_jax.sparsity.ranking import top_k_mask_traced
 
 PyTree = Any
 GROW_INITS = ("zero", "min_active", "w_epsilon")
@@ -87,9 +86,9 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
       if c < 0:
         return p, m
       n_drop = jnp.floor(fraction * c).astype(jnp.int32)
-      keep = top_k_mask_traced(jnp.where(m, jnp.abs(p), -jnp.inf), c - n_drop) & m
+      keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -jnp.inf), c - n_drop) & m
       score = jnp.abs(g) if grow == "gradient" else jax.random.uniform(k, p.shape)
-      grown = top_k_mask_traced(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
+      grown = masks_lib.top_k_mask(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
       new_p = jnp.where(grown, _grown_values(p, g, keep, grow_init, alpha, epsilon), p)
       new_m = keep | grown
       return jnp.where(new_m, new_p, jnp.zeros_like(p)), new_m

@@ -1,0 +1,67 @@
+"""CIFAR-10: 32x32x3 images, normalised per channel, NHWC float32; labels (N,) int32.
+
+Two sources:
+* ``"npz"``: a numpy archive with ``train_images`` (N, 32, 32, 3) uint8, ``train_labels``,
+  ``test_images``, ``test_labels`` (e.g. ``/work/shared/data/cifar10_jpeg_subset.npz``);
+* ``"tfds"``: ``tfds.data_source("cifar10")`` (works under ``tfds.testing.mock_data``).
+A seeded random ``num_validation`` of the training images (the same every run) form the
+validation split: a plain tail cut would hold out one class of a class-sorted file. Each channel c is
+mapped to ``(x / 255 - MEAN[c]) / STD[c]`` with the canonical CIFAR-10 statistics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from powerprop_jax.data.mnist import DataError, Dataset
+
+MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+VALIDATION_SEED = 0
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+  """uint8 (N, 32, 32, 3) -> float32 (N, 32, 32, 3), per-channel zero mean, unit std."""
+  return ((images.astype(np.float32) / 255.0 - MEAN) / STD).astype(np.float32)
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise DataError(f"CIFAR-10 npz file {path!r} does not exist")
+  with np.load(path) as f:
+    missing = [k for k in _KEYS if k not in f]
+    if missing:
+      raise DataError(f"{path} lacks arrays {missing}; needs {list(_KEYS)}")
+    return {k: f[k] for k in _KEYS}
+
+
+def load_cifar10(source: str = "npz", data_dir: str = "", file: str = "cifar10_jpeg_subset.npz",
+                 num_validation: int = 1000) -> dict[str, Dataset]:
+  """{"train", "validation", "test"} Datasets of CIFAR-10 (images normalised, NHWC)."""
+  if source == "npz":
+    arrays = _load_npz(os.path.join(data_dir, file) if data_dir else file)
+  elif source == "tfds":
+    from powerprop_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    arrays = tfds_source.load_arrays("cifar10", data_dir,
+                                     "offline, use data.source='npz'")
+  else:
+    raise DataError(f"data.source must be 'npz' or 'tfds', got {source!r}")
+  images, labels = arrays["train_images"], arrays["train_labels"]
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise DataError(f"CIFAR-10 images must be (N, H, W, 3), got {images.shape}")
+  n = len(images)
+  if not 0 <= num_validation < n:
+    raise DataError(f"num_validation must be in [0, {n}), got {num_validation}")
+  order = np.random.default_rng(VALIDATION_SEED).permutation(n)
+  train, held_out = np.sort(order[num_validation:]), np.sort(order[:num_validation])
+  as_ds = lambda x, y: Dataset(normalise(x), np.asarray(y, np.int32))  # noqa: E731
+  return {
+      "train": as_ds(images[train], labels[train]),
+      "validation": as_ds(images[held_out], labels[held_out]),
+      "test": as_ds(arrays["test_images"], arrays["test_labels"]),
+  }
