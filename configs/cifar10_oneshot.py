@@ -10,6 +10,7 @@ geomspace(0.01, 1, 20), the output layer keeping min(1, 2p), no fine-tuning.
 
 import ml_collections
 
+from powerprop_jax import oneshot
 from powerprop_jax.sparsity import builders
 
 
@@ -53,11 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sparsity = builders.default_config("none")   # dense; see configs/mnist_sparse.py
 
-  config.prune = ml_collections.ConfigDict()
-  config.prune.scope = "layerwise"          # layerwise | global
-  config.prune.min_keep_fraction = 0.01
-  config.prune.num_keep_fractions = 20
-  config.prune.output_layer_multiplier = 2.0   # output layer keeps min(1, 2p) (layerwise)
+  config.prune = oneshot.default_prune_config()
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.alphas = (1.0, 2.0)

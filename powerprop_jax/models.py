@@ -66,17 +66,26 @@ MODELS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+def _bind(name: str, num_classes: int = 10, **kwargs: Any) -> Callable[..., jax.Array]:
+  """``f(x, is_training)`` of the named model with its keyword arguments fixed."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+  fn = MODELS[name]
+  return lambda x, is_training: fn(jnp.asarray(x), is_training, num_classes=num_classes,
+                                   **kwargs)
+
+
 def get_model(name: str, num_classes: int = 10, **kwargs: Any) -> hk.TransformedWithState:
   """The named model as ``hk.transform_with_state`` of ``f(x, is_training)``.
 
   ``kwargs`` (e.g. ``width`` for ``cifar_convnet``) go to the model function.
   """
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-  fn = MODELS[name]
-  return hk.transform_with_state(
-      lambda x, is_training: fn(jnp.asarray(x), is_training, num_classes=num_classes,
-                                **kwargs))
+  return hk.transform_with_state(_bind(name, num_classes, **kwargs))
+
+
+def model_from_config(model_config: Any) -> hk.TransformedWithState:
+  """``get_model`` from a config's ``model`` fields: name, num_classes and the model's own."""
+  return get_model(**dict(model_config))
 
 
 def creation_order(model_config: Any, sample_input: Any) -> list[str]:
@@ -85,9 +94,7 @@ def creation_order(model_config: Any, sample_input: Any) -> list[str]:
   Haiku (and every pytree flatten) sorts params by name, so "the first layer" of a ResNet
   would be ``block_group_0``; this traces the model once (no FLOPs) and records instead.
   """
-  fields = dict(model_config)
-  fn = MODELS[fields.pop("name")]
-  num_classes = fields.pop("num_classes", 10)
+  fn = _bind(**dict(model_config))
   order: list[str] = []
 
   def record(next_creator, shape, dtype, init, context):
@@ -97,13 +104,7 @@ def creation_order(model_config: Any, sample_input: Any) -> list[str]:
 
   def traced(x):
     with hk.custom_creator(record):
-      return fn(jnp.asarray(x), True, num_classes=num_classes, **fields)
+      return fn(x, True)
 
   jax.eval_shape(hk.transform_with_state(traced).init, jax.random.PRNGKey(0), sample_input)
   return order
-
-
-def model_from_config(model_config: Any) -> hk.TransformedWithState:
-  """``get_model`` from a config's ``model`` fields: name, num_classes and the model's own."""
-  fields = dict(model_config)
-  return get_model(fields.pop("name"), fields.pop("num_classes", 10), **fields)

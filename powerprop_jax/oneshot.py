@@ -10,12 +10,22 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import jax
+import ml_collections
 import numpy as np
 
 from powerprop_jax import masks as masks_lib
 from powerprop_jax import transform
 
 PyTree = Any
+
+
+def default_prune_config() -> ml_collections.ConfigDict:
+  """The ``prune`` fields of a prune-and-evaluate config (the official MNIST protocol's)."""
+  return ml_collections.ConfigDict({
+      "scope": "layerwise",             # layerwise | global
+      "min_keep_fraction": 0.01,        # keep fractions geomspace(min_keep_fraction, 1, num)
+      "num_keep_fractions": 20,
+      "output_layer_multiplier": 2.0})  # output layer keeps min(1, 2p) (layerwise)
 
 
 def keep_fractions(min_keep: float = 0.01, num: int = 20) -> np.ndarray:

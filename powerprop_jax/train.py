@@ -245,8 +245,10 @@ def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
                    )(params)
   steps = int(config.train.steps)
   tx = make_optimizer(config.optimizer, steps)
-  method = registry.build_method(config.sparsity, params, steps, reparam.alpha,
-                                 models.creation_order(config.model, sample_input))
+  sparse = config.sparsity.get("method", "none") != "none"
+  method = registry.build_method(
+      config.sparsity, params, steps, reparam.alpha,
+      models.creation_order(config.model, sample_input) if sparse else ())
   if method is not None:
     tx = sparse_base.sparse_optimizer(tx, method)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 # predicate(module_name, name, shape) -> whether that parameter is reparameterised.
@@ -151,12 +152,10 @@ def check_no_zero_init(params: PyTree, alpha: float,
   """
   if validate_alpha(alpha) == 1.0:
     return
-  bad = []
-  def visit(path, x):
-    module, name = _path_names(path)
-    if predicate(module, name, tuple(jnp.shape(x))) and not bool(jnp.any(x != 0)):
-      bad.append(f"{module}/{name}")
-  jax.tree_util.tree_map_with_path(visit, params)
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  bad = ["/".join(_path_names(path)) for (path, x), chosen
+         in zip(flat, jax.tree_util.tree_leaves(selected(params, predicate)))
+         if chosen and not np.any(np.asarray(x))]
   if bad:
     raise ValueError(f"parameters initialised to all zeros can never move under "
                      f"Powerpropagation with alpha={alpha} (v = 0 is a fixed point): {bad}; "

@@ -35,6 +35,7 @@ from powerprop_jax.sparsity import base as sparse_base
 
 PyTree = Any
 METHODS = ("packnet", "efficient_packnet")
+SCOPES = ("layerwise", "global")
 
 
 class ContinualResult(NamedTuple):
@@ -72,8 +73,12 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"continual.steps_per_task must be >= 1 and finetune_steps >= 0, got "
                      f"{c.steps_per_task}, {c.finetune_steps}")
   keep_grid(float(c.min_keep_fraction), int(c.num_keep_fractions))
-  if c.get("scope", "layerwise") not in ("layerwise", "global"):
-    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {c.scope!r}")
+  _check_scope(c.get("scope", "layerwise"))
+
+
+def _check_scope(scope: str) -> None:
+  if scope not in SCOPES:
+    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {scope!r}")
 
 
 def _passthrough() -> sparse_base.SparsityMethod:
@@ -102,8 +107,7 @@ def make_keep_fn(weights: PyTree, candidates: PyTree, scope: str,
   Ties go to the lower (flat, then leaf) index. Non-prunable leaves are all True. The sort is
   done once, so trying many fractions is cheap.
   """
-  if scope not in ("layerwise", "global"):
-    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {scope!r}")
+  _check_scope(scope)
   leaves, treedef = jax.tree_util.tree_flatten(weights)
   chosen = jax.tree_util.tree_leaves(transform.selected(weights, predicate))
   cands = [np.asarray(c, bool).ravel() for c in jax.tree_util.tree_leaves(candidates)]

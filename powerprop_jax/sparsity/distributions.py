@@ -45,8 +45,9 @@ def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str]
   see ``models.creation_order``) where given, else ``names``' (pytree, i.e. sorted) order.
   """
   position = {n: i for i, n in enumerate(layer_order)}
-  names = sorted(names, key=lambda n: position.get(n.rsplit("/", 1)[0] if n not in position
-                                                   else n, len(position)))
+  # a name is a module, or "module/param" where one module has several prunable params
+  names = sorted(names, key=lambda n: position.get(n, position.get(n.rsplit("/", 1)[0],
+                                                                   len(position))))
   if isinstance(dense_layers, str):
     dense_layers = [d.strip() for d in dense_layers.split(",") if d.strip()]
   out = set()
