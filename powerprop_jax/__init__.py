@@ -3,25 +3,36 @@
     import powerprop_jax as pp
     w = pp.powerprop(v, alpha)                 # v * |v|**(alpha-1)
     with pp.haiku.powerprop(alpha=4.0): ...    # reparameterise any Haiku model
-    tx = pp.powerprop_optimizer(optax.sgd(0.1), alpha=4.0)   # or keep the model, wrap optax
+    tx = pp.powerprop_optimizer(optax.sgd(0.1), alpha=4.0)   # any model (Flax, Haiku, JAX)
+
+The core needs only jax, optax and numpy: ``pp.haiku`` imports Haiku when first used.
 """
 
-from powerprop_jax import haiku
+import importlib
+from typing import Any
+
 from powerprop_jax import sparsity
-from powerprop_jax.masks import (apply_masks, check_masks, magnitude_masks, num_kept,
-                                 sparsity_of, top_k_mask, validate_sparsity)
+from powerprop_jax.masks import (apply_masks, check_masks, keep_fractions, magnitude_masks,
+                                 num_kept, sparsity_of, top_k_mask, validate_sparsity)
 from powerprop_jax.optim import powerprop_optimizer
 from powerprop_jax.sparsity import masked_optimizer, sparse_optimizer
-from powerprop_jax.transform import (effective_params, inverse_powerprop, map_selected,
-                                     powerprop, powerprop_derivative, reparameterise_init,
-                                     selected, validate_alpha, weights_only)
+from powerprop_jax.transform import (Reparam, effective_params, inverse_powerprop,
+                                     layer_shapes, leaf_names, map_selected, powerprop,
+                                     powerprop_derivative, reparameterise_init, selected,
+                                     selected_leaves, validate_alpha, weights_only)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "apply_masks", "check_masks", "effective_params", "haiku", "inverse_powerprop",
-    "magnitude_masks", "map_selected", "masked_optimizer", "num_kept", "powerprop",
-    "powerprop_derivative", "powerprop_optimizer", "reparameterise_init", "selected",
-    "sparse_optimizer", "sparsity", "sparsity_of", "top_k_mask", "validate_alpha",
-    "validate_sparsity", "weights_only",
+    "Reparam", "apply_masks", "check_masks", "effective_params", "haiku", "inverse_powerprop",
+    "keep_fractions", "layer_shapes", "leaf_names", "magnitude_masks", "map_selected",
+    "masked_optimizer", "num_kept", "powerprop", "powerprop_derivative", "powerprop_optimizer",
+    "reparameterise_init", "selected", "selected_leaves", "sparse_optimizer", "sparsity",
+    "sparsity_of", "top_k_mask", "validate_alpha", "validate_sparsity", "weights_only",
 ]
+
+
+def __getattr__(name: str) -> Any:
+  if name == "haiku":  # Haiku is optional for the core: load it on first use
+    return importlib.import_module("powerprop_jax.haiku")
+  raise AttributeError(f"module 'powerprop_jax' has no attribute {name!r}")

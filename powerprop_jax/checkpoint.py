@@ -1,35 +1,287 @@
-"""Orbax checkpointing of a whole training state (params, optimizer and sparsity state, RNG)."""
+"""Orbax checkpointing of a whole training state, with damaged checkpoints detected and skipped.
+
+Each step lives in ``workdir/checkpoints/<step>`` (orbax's layout). After orbax has finished a
+save, process 0 writes ``<step>/powerprop_sha256.json``: the sha256 of every file of the step.
+It sits inside the step folder, so orbax's step discovery never takes it for a step and its
+``max_to_keep`` retention deletes it with the step.
+
+``Checkpointer.restore_latest_intact`` tries steps newest first and restores the first that
+passes every check: its checksums match, orbax reads it, and every leaf has the target's shape
+and dtype and (floating leaves) only finite values, unless the target leaf itself holds NaN/inf
+(a placeholder) or the caller allows it by path. Each step it skips costs one warning line.
+Unusable steps newer than the one restored (damaged ones, and stray folders such as
+``checkpoints/99999`` that orbax would otherwise count as steps) are moved to
+``workdir/checkpoints_damaged/`` for inspection, so they neither take a ``max_to_keep`` slot nor
+collide with the steps the resumed run saves again.
+"""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
+from collections.abc import Callable, Collection
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+CHECKSUM_FILE = "powerprop_sha256.json"
+DAMAGED_DIR = "checkpoints_damaged"
+_ORBAX_METADATA = "_CHECKPOINT_METADATA"
+
+
+class CheckpointError(ValueError):
+  """No usable checkpoint where one exists, or the checkpoint folder is not a folder."""
+
+
+def _log_warning(msg: str) -> None:
+  logging.warning(msg)
 
 
 class Checkpointer:
   """Saves a pytree under ``workdir/checkpoints/<step>`` and restores the latest one.
 
   Restoring needs a target tree of the same structure (e.g. a freshly initialised state),
-  so NamedTuple optimizer states come back as the same types.
+  so NamedTuple optimizer states come back as the same types. Every process of a multi-host
+  run makes the same calls; only process 0 writes checksums and moves damaged steps.
   """
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
+    if max_to_keep < 2:
+      raise ValueError(f"Checkpointer max_to_keep={max_to_keep}: keep at least 2 so a damaged "
+                       "latest checkpoint has an intact one to fall back to")
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    for path in (self.workdir, self.directory):
+      if os.path.exists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{path} is a file, not a directory; move it away or use "
+                              "another --workdir")
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True))
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any) -> None:
+    """Saves ``state`` as ``step`` (every process), then process 0 writes its checksums."""
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
+    _barrier(f"powerprop_checkpoint_saved_{step}")
+    if jax.process_index() == 0:
+      write_checksums(self.step_dir(step))
 
   def restore(self, target: Any, step: Optional[int] = None) -> Any:
+    """Restores ``step`` (default: the latest) with no integrity checks."""
     step = self._manager.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
+  def restore_latest_intact(
+      self, target: Any, log: Callable[[str], None] = _log_warning,
+      allow_nonfinite: Collection[str] = ()) -> tuple[Any, Optional[int]]:
+    """``(state, step)`` of the newest intact checkpoint, or ``(None, None)`` if there is none.
+
+    Args:
+      target: a tree like the saved state (e.g. the freshly initialised state).
+      log: gets one warning line per step skipped and one naming what was moved aside.
+      allow_nonfinite: dotted leaf paths (or their prefixes, e.g. ``"acc"``) where NaN/inf
+        are legitimate values rather than damage. Leaves whose target value already holds
+        NaN/inf (placeholders such as a not-yet-measured accuracy matrix) are allowed too.
+
+    Raises:
+      CheckpointError: checkpoints exist but none is intact.
+    """
+    self._manager.reload()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    skipped: list[tuple[int, str, bool]] = []
+    for i, step in enumerate(steps):
+      state, why, stray = self._try_restore(step, target, allow_nonfinite)
+      if why is None:
+        _agree(step)
+        self._move_aside([s for s, _, _ in skipped], log)
+        return state, step
+      then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
+      log(f"checkpoint step {step} ({self.step_dir(step)}) is unusable: {why}; {then}")
+      skipped.append((step, why, stray))
+    damaged = [(s, why) for s, why, stray in skipped if not stray]
+    if damaged:
+      raise CheckpointError(
+          f"no intact checkpoint in {self.directory} (" +
+          "; ".join(f"step {s}: {why}" for s, why in damaged) +
+          f"); move {self.directory} away to start the run from scratch")
+    _agree(-1)
+    self._move_aside([s for s, _, _ in skipped], log)
+    return None, None
+
+  def _try_restore(self, step: int, target: Any, allow_nonfinite: Collection[str]
+                   ) -> tuple[Any, Optional[str], bool]:
+    """``(state, None, False)``, or ``(None, why, stray)`` where ``stray``: not a checkpoint."""
+    path = self.step_dir(step)
+    if not os.path.isdir(path) or not any(
+        os.path.exists(os.path.join(path, f)) for f in (_ORBAX_METADATA, CHECKSUM_FILE)):
+      return None, f"not an orbax checkpoint (no {_ORBAX_METADATA})", True
+    why = verify_checksums(path)
+    if why is not None:
+      return None, why, False
+    try:
+      why = _check_metadata(self._manager.item_metadata(step), target)
+      if why is not None:
+        return None, why, False
+      state = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many types
+      return None, f"orbax cannot read it ({type(e).__name__}: {_first_line(e)})", False
+    return state, check_leaves(state, target, allow_nonfinite), False
+
+  def _move_aside(self, steps: list[int], log: Callable[[str], None]) -> None:
+    """Moves ``steps`` to ``workdir/checkpoints_damaged`` (process 0) and rescans."""
+    if not steps:
+      return
+    dest_dir = os.path.join(self.workdir, DAMAGED_DIR)
+    if jax.process_index() == 0:
+      os.makedirs(dest_dir, exist_ok=True)
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        dest = os.path.join(dest_dir, str(step))
+        if os.path.exists(dest):
+          dest = f"{dest}-{stamp}"
+        os.rename(self.step_dir(step), dest)
+      log(f"moved unusable checkpoint steps {steps} to {dest_dir} for inspection")
+    _barrier("powerprop_checkpoint_moved_aside")
+    self._manager.reload()
+
   def close(self) -> None:
     self._manager.close()
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _agree(step: int) -> None:
+  """Every process must resume from the same step (they read the same shared files)."""
+  if jax.process_count() > 1:
+    multihost_utils.assert_equal(np.int64(step), "processes restored different checkpoint "
+                                 "steps; check that all hosts see the same workdir")
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  line = lines[0] if lines else ""
+  return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _hash_files(step_dir: str) -> dict[str, str]:
+  """``{relative path: sha256}`` of every file under ``step_dir`` except the checksum file."""
+  digests = {}
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, step_dir).replace(os.sep, "/")
+      if rel == CHECKSUM_FILE or rel.startswith(CHECKSUM_FILE + ".tmp"):
+        continue
+      with open(full, "rb") as f:
+        digests[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+  return digests
+
+
+def write_checksums(step_dir: str) -> None:
+  """Writes ``step_dir/powerprop_sha256.json`` (atomically)."""
+  path = os.path.join(step_dir, CHECKSUM_FILE)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump({"sha256": _hash_files(step_dir)}, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def verify_checksums(step_dir: str) -> Optional[str]:
+  """None if every file of ``step_dir`` matches its recorded sha256, else what is wrong."""
+  path = os.path.join(step_dir, CHECKSUM_FILE)
+  if not os.path.exists(path):
+    return f"no {CHECKSUM_FILE} (its save did not finish, or predates checksums)"
+  try:
+    with open(path) as f:
+      expected = dict(json.load(f)["sha256"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"unreadable {CHECKSUM_FILE} ({type(e).__name__})"
+  actual = _hash_files(step_dir)
+  problems = ([f"sha256 mismatch in {p}" for p in sorted(expected)
+               if p in actual and actual[p] != expected[p]] +
+              [f"missing file {p}" for p in sorted(set(expected) - set(actual))] +
+              [f"unexpected file {p}" for p in sorted(set(actual) - set(expected))])
+  if not problems:
+    return None
+  more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+  return problems[0] + more
+
+
+def _leaf_name(keypath: tuple[Any, ...]) -> str:
+  return ".".join(ocp.tree.str_keypath(keypath))
+
+
+def _shape_dtype(x: Any) -> tuple[tuple[int, ...], Any]:
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return tuple(x.shape), x.dtype
+  a = np.asarray(x)
+  return a.shape, a.dtype
+
+
+def _describe(shape: tuple[int, ...], dtype: Any) -> str:
+  return f"{getattr(dtype, 'name', dtype)}{list(shape)}"
+
+
+def _check_metadata(metadata: Any, target: Any) -> Optional[str]:
+  """What differs between the saved shapes/dtypes and the target's (orbax would cast dtypes)."""
+  saved = {}
+  for leaf in jax.tree_util.tree_leaves(getattr(metadata, "tree", metadata)):
+    if getattr(leaf, "name", None) and getattr(leaf, "dtype", None) is not None:
+      saved[leaf.name] = leaf
+  for keypath, x in jax.tree_util.tree_flatten_with_path(target)[0]:
+    meta = saved.get(_leaf_name(keypath))
+    if meta is None or getattr(meta, "shape", None) is None:
+      continue  # orbax's own structure checks cover leaves it does not describe
+    want = _shape_dtype(x)
+    got = (tuple(meta.shape), meta.dtype)
+    if got != want:
+      return (f"leaf {_leaf_name(keypath)} was saved as {_describe(*got)}, the run expects "
+              f"{_describe(*want)}")
+  return None
+
+
+def _all_finite(x: Any) -> bool:
+  """On the host, shard by shard (no per-shape compiles; sharded arrays need no gather)."""
+  shards = ([s.data for s in x.addressable_shards if s.replica_id == 0]
+            if isinstance(x, jax.Array) else [x])
+  return all(bool(np.isfinite(np.asarray(s)).all()) for s in shards)
+
+
+def check_leaves(state: Any, target: Any, allow_nonfinite: Collection[str] = ()
+                 ) -> Optional[str]:
+  """None if ``state`` has ``target``'s structure, shapes and dtypes and finite floats."""
+  got, got_def = jax.tree_util.tree_flatten_with_path(state)
+  want, want_def = jax.tree_util.tree_flatten_with_path(target)
+  if got_def != want_def:
+    return "its tree structure differs from the run's state"
+  for (keypath, x), (_, t) in zip(got, want):
+    name = _leaf_name(keypath)
+    (shape, dtype), expected = _shape_dtype(x), _shape_dtype(t)
+    if (shape, dtype) != expected:
+      return f"leaf {name} is {_describe(shape, dtype)}, the run expects {_describe(*expected)}"
+    allowed = any(name == p or name.startswith(p + ".") for p in allow_nonfinite)
+    if (jnp.issubdtype(dtype, jnp.inexact) and not allowed and not _all_finite(x)
+        and _all_finite(t)):  # a NaN already in the target is a placeholder, not damage
+      return f"leaf {name} holds NaN or inf"
+  return None

@@ -2,21 +2,41 @@
 
 Models are plain: Powerpropagation is applied outside them (``pp.effective_params``) by the
 training loop, or inside them with ``pp.haiku.powerprop``; both give the same numbers.
+
+Initialisation: every ``hk.Linear`` of the paper's models draws from
+``VarianceScaling(1.0, "fan_in", "truncated_normal")``, the official notebook's initialiser:
+a truncated normal whose *actual* standard deviation is 1/sqrt(fan_in). (Haiku's default
+``TruncatedNormal(1/sqrt(fan_in))`` has spread 0.88/sqrt(fan_in), being cut at 2 stddev.)
+
+Precision: ``compute_dtype="bfloat16"`` runs the network in bfloat16 with Haiku's mixed
+precision (policies pushed as contexts while the model function runs, no global state):
+params stay float32 (the loop applies Powerpropagation to them in float32, before the model
+casts them), ``hk.Linear``/``hk.Conv2D`` (inside ``hk.nets.MLP``/``hk.nets.ResNet`` too)
+compute in bfloat16, ``hk.BatchNorm`` computes and keeps its statistics in float32, and the
+logits come out float32.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import inspect
+from typing import Any, Callable, Iterator
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import jmp
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+# The official notebook's initialiser: truncated normal with spread exactly 1/sqrt(fan_in).
+FAN_IN_INIT = hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
 
 
 def lenet_300_100(x: jax.Array, is_training: bool, num_classes: int = 10) -> jax.Array:
   """LeNet-300-100: x (B, ...) flattened -> 300 -> 100 -> num_classes, ReLU."""
   del is_training
-  return hk.nets.MLP([300, 100, num_classes], name="mlp")(hk.Flatten()(x))
+  return hk.nets.MLP([300, 100, num_classes], w_init=FAN_IN_INIT, name="mlp")(hk.Flatten()(x))
 
 
 def cifar_convnet(x: jax.Array, is_training: bool, num_classes: int = 10,
@@ -36,12 +56,12 @@ def cifar_convnet(x: jax.Array, is_training: bool, num_classes: int = 10,
     if i % 2 == 1:
       h = hk.max_pool(h, (2, 2, 1), (2, 2, 1), "VALID")
   h = hk.Flatten()(h)
-  return hk.nets.MLP([256, 256, num_classes], name="mlp")(h)
+  return hk.nets.MLP([256, 256, num_classes], w_init=FAN_IN_INIT, name="mlp")(h)
 
 
 # hk.nets.ResNet zero-initialises its logits layer, a fixed point under Powerpropagation
 # (alpha > 1) that would never train: use a fan-in truncated normal (the LeNet init) instead.
-_LOGITS = {"w_init": hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")}
+_LOGITS = {"w_init": FAN_IN_INIT}
 
 
 def resnet50(x: jax.Array, is_training: bool, num_classes: int = 1000) -> jax.Array:
@@ -66,25 +86,68 @@ MODELS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def _bind(name: str, num_classes: int = 10, **kwargs: Any) -> Callable[..., jax.Array]:
-  """``f(x, is_training)`` of the named model with its keyword arguments fixed."""
+def _policies(compute_dtype: str) -> list[tuple[type[hk.Module], jmp.Policy]]:
+  """(module class, jmp policy) pairs for ``compute_dtype`` (none for float32)."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"model.compute_dtype must be one of {COMPUTE_DTYPES}, got "
+                     f"{compute_dtype!r}")
+  if compute_dtype == "float32":
+    return []
+  half = jnp.dtype(compute_dtype)
+  layer = jmp.Policy(param_dtype=jnp.float32, compute_dtype=half, output_dtype=half)
+  norm = jmp.Policy(param_dtype=jnp.float32, compute_dtype=jnp.float32, output_dtype=half)
+  return [(hk.Linear, layer), (hk.Conv2D, layer), (hk.BatchNorm, norm)]
+
+
+@contextlib.contextmanager
+def precision(compute_dtype: str = "float32") -> Iterator[None]:
+  """Haiku mixed-precision policies for ``compute_dtype`` while the context is active.
+
+  Use inside a transformed function; params are created and stored float32 either way.
+  """
+  with contextlib.ExitStack() as stack:
+    for cls, policy in _policies(compute_dtype):
+      stack.enter_context(hk.mixed_precision.push_policy(cls, policy))
+    yield
+
+
+def _bind(name: str, num_classes: int = 10, compute_dtype: str = "float32",
+          width: float = 1.0, **kwargs: Any) -> Callable[..., jax.Array]:
+  """``f(x, is_training) -> float32 logits`` of the named model, its arguments fixed.
+
+  ``width`` goes to models that take it; a model without one refuses width != 1.
+  """
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
   fn = MODELS[name]
-  return lambda x, is_training: fn(jnp.asarray(x), is_training, num_classes=num_classes,
-                                   **kwargs)
+  _policies(compute_dtype)  # validates compute_dtype now, not at the first trace
+  if "width" in inspect.signature(fn).parameters:
+    kwargs["width"] = width
+  elif width != 1.0:
+    raise ValueError(f"model {name!r} has no width parameter; got model.width={width}")
+
+  def f(x, is_training):
+    with precision(compute_dtype):
+      logits = fn(jnp.asarray(x), is_training, num_classes=num_classes, **kwargs)
+    return logits.astype(jnp.float32)
+
+  return f
 
 
-def get_model(name: str, num_classes: int = 10, **kwargs: Any) -> hk.TransformedWithState:
+def get_model(name: str, num_classes: int = 10, compute_dtype: str = "float32",
+              **kwargs: Any) -> hk.TransformedWithState:
   """The named model as ``hk.transform_with_state`` of ``f(x, is_training)``.
 
-  ``kwargs`` (e.g. ``width`` for ``cifar_convnet``) go to the model function.
+  ``compute_dtype``: "float32" or "bfloat16" (mixed precision, see the module doc).
+  ``kwargs`` (e.g. ``width`` for ``cifar_convnet``) go to the model function; ``width`` is
+  accepted by every model but only ``cifar_convnet`` may have one other than 1.
   """
-  return hk.transform_with_state(_bind(name, num_classes, **kwargs))
+  return hk.transform_with_state(_bind(name, num_classes, compute_dtype, **kwargs))
 
 
 def model_from_config(model_config: Any) -> hk.TransformedWithState:
-  """``get_model`` from a config's ``model`` fields: name, num_classes and the model's own."""
+  """``get_model`` from a config's ``model`` fields: name, num_classes, width, compute_dtype
+  (and any model-specific extra)."""
   return get_model(**dict(model_config))
 
 

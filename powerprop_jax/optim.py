@@ -15,6 +15,8 @@ so masks or other wrappers that edit w stay consistent with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -57,3 +59,53 @@ def powerprop_optimizer(inner: optax.GradientTransformation, alpha: float,
     return new_w, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+
+def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
+  """lr(step) of a config's ``optimizer`` section.
+
+  Fields (defaults in ``powerprop_jax.config.base``): learning_rate, schedule (constant |
+  cosine | piecewise), warmup_steps (linear warm-up from 0), boundaries (fractions of
+  ``total_steps`` where the piecewise schedule multiplies the lr by decay_factor).
+  """
+  lr = float(config.learning_rate)
+  if not lr > 0:
+    raise ValueError(f"optimizer.learning_rate must be > 0, got {config.learning_rate}")
+  warmup = int(config.warmup_steps)
+  if not 0 <= warmup < max(total_steps, 1):
+    raise ValueError(f"optimizer.warmup_steps must be in [0, train.steps={total_steps}), "
+                     f"got {warmup}")
+  if config.schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif config.schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+  elif config.schedule == "piecewise":
+    bad = [b for b in config.boundaries if not 0.0 < float(b) < 1.0]
+    if bad:
+      raise ValueError(f"optimizer.boundaries are fractions of training in (0, 1), got {bad}")
+    schedule = optax.piecewise_constant_schedule(
+        lr, {int(b * total_steps): float(config.decay_factor) for b in config.boundaries})
+  else:
+    raise ValueError(f"optimizer.schedule must be constant|cosine|piecewise, got "
+                     f"{config.schedule!r}")
+  if warmup:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+  return schedule
+
+
+def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+  """The optax optimizer a config's ``optimizer`` section names: name (sgd | adam),
+  momentum, nesterov, weight_decay, and the :func:`learning_rate_schedule`."""
+  schedule = learning_rate_schedule(config, total_steps)
+  if config.name == "sgd":
+    tx = optax.sgd(schedule, momentum=float(config.momentum) or None,
+                   nesterov=bool(config.nesterov))
+  elif config.name == "adam":
+    tx = optax.adam(schedule)
+  else:
+    raise ValueError(f"optimizer.name must be sgd|adam, got {config.name!r}")
+  if float(config.weight_decay):
+    tx = optax.chain(optax.add_decayed_weights(float(config.weight_decay)), tx)
+  return tx

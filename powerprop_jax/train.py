@@ -1,4 +1,4 @@
-"""One training loop for every experiment: jitted ``lax.scan`` over chunks of steps.
+"""The one training driver: state construction, the step, a chunked driver, evaluation.
 
 The stored params are ``v``; each step computes the effective weights
 ``w = masks * powerprop(v, alpha)`` (masks from the optimizer state, if any), the loss and its
@@ -6,19 +6,23 @@ gradient ``g_w`` w.r.t. ``w`` (dense: also at masked entries), and
 ``g_v = g_w * alpha |v|^(alpha-1)`` by the VJP of the power alone, i.e. straight through the
 mask, as Top-KAST prescribes; the sparse optimizer then keeps only the entries its
 ``grad_masks`` allow. The optimizer gets ``g_v`` and, as ``dense_grads``, ``g_w`` (what RigL
-grows by). Data sit on the device; each chunk of
-``chunk_steps`` steps receives a (chunk_steps, batch) array of example indices computed on the
-host from (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+grows by).
+
+Steps run in chunks: one jitted ``lax.scan`` per chunk of ``chunk_steps`` steps. A
+:class:`TrainInput` says what the scan runs over: for in-memory data sets (MNIST, CIFAR) the
+data sit on the device and each chunk receives a (K, batch) array of example indices
+computed on the host from (seed, step); for streamed data (ImageNet) each chunk receives K
+global batches assembled from every host's local batches. Either way the batch of step s
+is a pure function of (seed, s), so a resumed run sees exactly the batches an
+uninterrupted one would, on any number of hosts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,76 +31,31 @@ import optax
 
 from powerprop_jax import checkpoint as checkpoint_lib
 from powerprop_jax import masks as masks_lib
-from powerprop_jax import parallel
-from powerprop_jax import transform
-from powerprop_jax.data import Dataset
+from powerprop_jax import metrics as metrics_lib
+from powerprop_jax import optim, parallel, transform
+from powerprop_jax import workdir as workdir_lib
+from powerprop_jax.data import base as data_base
 from powerprop_jax.data import augment as augment_lib
 from powerprop_jax.sparsity import base as sparse_base
-from powerprop_jax.sparsity import registry
+from powerprop_jax.sparsity import builders
+from powerprop_jax.transform import Reparam
 
 PyTree = Any
 Batch = dict[str, jax.Array]
+Log = Callable[[str], None]
+StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, jax.Array]]]
 
 
 class TrainState(NamedTuple):
   step: jax.Array          # () int32
   params: PyTree           # stored params (v where reparameterised)
-  net_state: PyTree        # Haiku state (batch-norm statistics)
+  net_state: PyTree        # model state (batch-norm statistics)
   opt_state: optax.OptState
   rng: jax.Array           # raw uint32 PRNG key
 
 
-class Reparam(NamedTuple):
-  """Which params are reparameterised, and with what power."""
-  alpha: float = 1.0
-  predicate: transform.ParamPredicate = transform.weights_only
-
-
-def effective_weights(params: PyTree, opt_state: optax.OptState, reparam: Reparam) -> PyTree:
-  """What the model computes with: masks * powerprop(v) (masks from a sparse optimizer)."""
-  w = transform.effective_params(params, reparam.alpha, reparam.predicate)
-  return sparse_base.forward_params(w, opt_state)
-
-
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int
-                   ) -> optax.GradientTransformation:
-  """SGD (optionally momentum/Nesterov) or Adam, with an optional schedule and weight decay.
-
-  config fields: name, learning_rate, momentum, nesterov, weight_decay, schedule
-  ("constant" | "cosine" | "piecewise"), warmup_steps, boundaries (fractions of training),
-  decay_factor.
-  """
-  lr = config.learning_rate
-  if lr <= 0:
-    raise ValueError(f"optimizer.learning_rate must be > 0, got {lr}")
-  schedule_name = config.get("schedule", "constant")
-  warmup = int(config.get("warmup_steps", 0))
-  if schedule_name == "constant":
-    schedule = optax.constant_schedule(lr)
-  elif schedule_name == "cosine":
-    schedule = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
-  elif schedule_name == "piecewise":
-    schedule = optax.piecewise_constant_schedule(
-        lr, {int(b * total_steps): config.get("decay_factor", 0.1)
-             for b in config.get("boundaries", ())})
-  else:
-    raise ValueError(f"optimizer.schedule must be constant|cosine|piecewise, got "
-                     f"{schedule_name!r}")
-  if warmup:
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
-  name = config.get("name", "sgd")
-  if name == "sgd":
-    momentum = config.get("momentum", 0.0) or None
-    tx = optax.sgd(schedule, momentum=momentum, nesterov=bool(config.get("nesterov", False)))
-  elif name == "adam":
-    tx = optax.adam(schedule)
-  else:
-    raise ValueError(f"optimizer.name must be sgd|adam, got {name!r}")
-  weight_decay = config.get("weight_decay", 0.0)
-  if weight_decay:
-    tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-  return tx
+class TrainingDiverged(ValueError):
+  """The loss became NaN or infinite; the message is one line for the user."""
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -105,14 +64,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean()
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
-def make_train_step(model: hk.TransformedWithState, tx: optax.GradientTransformation,
-                    reparam: Reparam, label_smoothing: float = 0.0,
-                    augment: Optional[Callable[[jax.Array, Batch], Batch]] = None,
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """A pure train step ``(state, batch) -> (state, metrics)``; batch = {"image", "label"}."""
+def init_state(tx: optax.GradientTransformation, params: PyTree, net_state: PyTree,
+               rng: jax.Array) -> TrainState:
+  """The step-0 state: ``tx.init`` runs once (a sparsity method's init with it).
+
+  ``params`` are the stored params (already ``reparameterise_init``-ed). Jitted; every leaf
+  is a fresh buffer, since the chunk function donates the state.
+  """
+
+  @jax.jit
+  def build(params, net_state, rng):
+    state = TrainState(jnp.zeros([], jnp.int32), params, net_state, tx.init(params), rng)
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+  return build(params, net_state, rng)
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, reparam: Reparam,
+                    label_smoothing: float = 0.0,
+                    augment: Optional[Callable[[jax.Array, Batch], Batch]] = None) -> StepFn:
+  """A pure train step ``(state, batch) -> (state, metrics)``; batch = {"image", "label"}.
+
+  ``model`` is any object with ``apply(params, net_state, rng, x, is_training=...) ->
+  (logits, net_state)`` (``hk.transform_with_state`` gives one).
+  """
   tx = optax.with_extra_args_support(tx)
 
   def step_fn(state: TrainState, batch: Batch):
@@ -139,103 +117,139 @@ def make_train_step(model: hk.TransformedWithState, tx: optax.GradientTransforma
   return step_fn
 
 
-def make_chunk_fn(step_fn, batch_fn: Callable[[PyTree, jax.Array], Batch],
-                  unroll: int | bool = 1, batch_sharding: Optional[jax.sharding.Sharding] = None):
-  """jit(scan(step_fn)) over a chunk: ``(state, data, idx[K, B]) -> (state, mean metrics)``.
+def make_chunk_fn(step_fn: StepFn, batch_fn: Callable[[PyTree, Any], Batch],
+                  unroll: int | bool = 1,
+                  batch_sharding: Optional[jax.sharding.Sharding] = None):
+  """jit(scan(step_fn)) over a chunk: ``(state, data, xs) -> (state, per-step metrics)``.
 
-  ``unroll=True`` unrolls the scan: XLA:CPU runs convolutions inside a loop body ~20x slower
-  than outside one (jax-ml/jax#12868), so the conv-net configs unroll short chunks on CPU.
-  ``batch_sharding`` (see ``parallel``) splits each gathered batch over devices; the state
-  keeps the sharding it was given (replicated), so jit inserts the gradient all-reduce.
+  ``xs`` has a leading axis of K steps (example indices (K, B), or K stacked batches);
+  ``batch_fn(data, x)`` turns one step's slice into a batch. Metrics come back as (K,)
+  arrays. ``unroll=True`` unrolls the scan: XLA:CPU runs convolutions inside a loop body
+  ~20x slower than outside one (jax-ml/jax#12868), so the conv-net configs unroll short
+  chunks on CPU. ``batch_sharding`` splits each batch over the mesh; the state keeps the
+  sharding it was given (replicated), so jit inserts the gradient all-reduce.
   """
 
-  def chunk(state: TrainState, data: PyTree, idx: jax.Array):
-    def body(s, i):
-      batch = batch_fn(data, i)
+  def chunk(state: TrainState, data: PyTree, xs: Any):
+    def body(s, x):
+      batch = batch_fn(data, x)
       if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
       return step_fn(s, batch)
-    state, metrics = jax.lax.scan(body, state, idx, unroll=unroll)
-    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+    return jax.lax.scan(body, state, xs, unroll=unroll)
 
   return jax.jit(chunk, donate_argnums=(0,))
 
 
-def gather_batch(data: Dataset, idx: jax.Array) -> Batch:
-  return {"image": data.images[idx], "label": data.labels[idx]}
+class TrainInput(NamedTuple):
+  """What the chunked driver feeds the scan.
 
-
-def batch_indices(seed: int, start_step: int, num_steps: int, batch_size: int, n: int
-                  ) -> np.ndarray:
-  """(num_steps, batch_size) example indices of steps [start_step, start_step + num_steps).
-
-  The stream is shuffle-repeat-batch: epoch e is a permutation seeded by (seed, e), and
-  batches run on across epoch boundaries. A pure function of its arguments.
+  ``data``: device-resident pytree handed to every chunk (None when streamed);
+  ``batch_fn(data, x)``: one step's batch inside the scan;
+  ``feed(step, k)``: the scan's ``xs`` for steps [step, step + k).
   """
-  positions = np.arange(start_step * batch_size, (start_step + num_steps) * batch_size,
-                        dtype=np.int64)
-  epochs, offsets = np.divmod(positions, n)
-  out = np.empty_like(positions)
-  for e in np.unique(epochs):
-    perm = np.random.default_rng([seed, int(e)]).permutation(n)
-    sel = epochs == e
-    out[sel] = perm[offsets[sel]]
-  return out.reshape(num_steps, batch_size).astype(np.int32)
+  data: Any
+  batch_fn: Callable[[Any, Any], Batch]
+  feed: Callable[[int, int], Any]
 
 
-def make_eval_fn(model: hk.TransformedWithState, reparam: Reparam, batch_size: int = 10000):
-  """``accuracy(params, net_state, data, masks=None) -> float`` on the given Dataset.
+def in_memory_input(dataset: data_base.Dataset, seed: int, batch_size: int,
+                    mesh: jax.sharding.Mesh) -> TrainInput:
+  """The data on every device, batches gathered inside the scan from host-computed indices."""
+  n = len(dataset.labels)
+  return TrainInput(parallel.replicate(data_base.Dataset(*dataset), mesh),
+                    data_base.gather_batch,
+                    lambda step, k: data_base.batch_indices(seed, step, k, batch_size, n))
 
-  ``params`` are stored params; ``masks`` (optional) multiply the effective weights.
+
+def streamed_input(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
+                   ) -> TrainInput:
+  """Batches from a host iterator of this process's local batches, one per step, in order.
+
+  Each chunk stacks K local batches and assembles the global (K, B, ...) arrays over every
+  device of every host (``parallel.global_batch``).
   """
+
+  def feed(step: int, k: int):
+    del step  # the iterator was started at the run's first step
+    local = [next(local_batches) for _ in range(k)]
+    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+    return parallel.global_batch(stacked, mesh, stacked_steps=True)
+
+  return TrainInput(None, lambda _, batch: batch, feed)
+
+
+def run_steps(state: TrainState, chunk_fn: Callable, train_input: TrainInput, until: int,
+              chunk_steps: int,
+              on_chunk: Optional[Callable[[TrainState, int, dict[str, np.ndarray]], None]] = None
+              ) -> TrainState:
+  """The chunked driver: runs ``state`` from its step to ``until`` in chunks of at most
+  ``chunk_steps``; after each chunk calls ``on_chunk(state, k, metrics)`` with the chunk's
+  per-step metrics as (k,) host arrays."""
+  step = int(state.step)
+  while step < until:
+    k = min(chunk_steps, until - step)
+    state, metrics = chunk_fn(state, train_input.data, train_input.feed(step, k))
+    step += k
+    if on_chunk is not None:
+      on_chunk(state, k, jax.device_get(metrics))
+  return state
+
+
+def make_eval_fn(model: Any, reparam: Reparam, batch_size: int = 10_000,
+                 mesh: Optional[jax.sharding.Mesh] = None):
+  """``accuracy(params, net_state, data, masks=None) -> float``.
+
+  ``data`` is an in-memory :class:`~powerprop_jax.data.base.Dataset` (evaluated in global
+  batches of ``batch_size``, the last one padded) or an iterable of this process's local
+  batches {"image", "label", "mask"} (a streamed split). Padding is masked out, so the
+  accuracy is exact over the whole split. ``params`` are stored params; ``masks``
+  (optional) multiply the effective weights.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
 
   @jax.jit
-  def correct(params, net_state, masks, images, labels):
+  def correct(params, net_state, masks, batch):
     w = transform.effective_params(params, reparam.alpha, reparam.predicate)
     if masks is not None:
       w = masks_lib.apply_masks(w, masks)
-    logits, _ = model.apply(w, net_state, None, images, is_training=False)
-    return jnp.sum(jnp.argmax(logits, -1) == labels)
+    logits, _ = model.apply(w, net_state, None, batch["image"], is_training=False)
+    hits = (jnp.argmax(logits, -1) == batch["label"]) & batch["mask"]
+    return jnp.sum(hits), jnp.sum(batch["mask"])
 
-  def accuracy(params, net_state, data: Dataset, masks: Optional[PyTree] = None) -> float:
-    total = 0
-    for i in range(0, len(data.labels), batch_size):
-      total += int(correct(params, net_state, masks, data.images[i:i + batch_size],
-                           data.labels[i:i + batch_size]))
-    return total / len(data.labels)
+  def accuracy(params, net_state, data, masks: Optional[PyTree] = None) -> float:
+    if isinstance(data, data_base.Dataset):
+      n = len(data.labels)
+      size = min(batch_size, -(-n // mesh.size) * mesh.size)  # one padded batch if n is small
+      data = data_base.padded_batches(data, size, jax.process_index(), jax.process_count())
+    hits = total = 0
+    for local in data:
+      h, n = correct(params, net_state, masks, parallel.global_batch(local, mesh))
+      hits, total = hits + int(h), total + int(n)
+    if total == 0:
+      raise ValueError("evaluation split is empty")
+    return hits / total
 
   return accuracy
 
 
-class MetricsWriter:
-  """Appends one JSON object per line to ``workdir/metrics.jsonl``."""
-
-  def __init__(self, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, "metrics.jsonl")
-
-  def write(self, record: dict[str, Any]) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps({k: (float(v) if isinstance(v, (np.floating, jax.Array)) else v)
-                          for k, v in record.items()}) + "\n")
-
-
 class Experiment(NamedTuple):
   """Everything built from a config that a run needs."""
-  model: hk.TransformedWithState
+  model: Any                      # .init / .apply of hk.transform_with_state
   tx: optax.GradientTransformation
   reparam: Reparam
   init_state: TrainState
+  layer_order: tuple[str, ...]    # prunable modules in creation order ("first"/"last")
+  learning_rate: optax.Schedule
 
 
 def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
                      ) -> Experiment:
   """Model, optimizer (with the sparsity method inside) and the initial state."""
-  from powerprop_jax import models  # pylint: disable=g-import-not-at-top
+  from powerprop_jax import models  # pylint: disable=g-import-not-at-top (imports Haiku)
   reparam = Reparam(transform.validate_alpha(config.alpha))
   model = models.model_from_config(config.model)
-  rng = jax.random.PRNGKey(config.seed)
-  init_key, rng = jax.random.split(rng)
+  init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
   # Everything below runs jitted: op-by-op execution would compile hundreds of tiny programs
   # (a minute for a ResNet on CPU).
   params, net_state = jax.jit(lambda k, x: model.init(k, x, is_training=True))(
@@ -244,93 +258,147 @@ def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
   params = jax.jit(lambda p: transform.reparameterise_init(p, reparam.alpha, reparam.predicate)
                    )(params)
   steps = int(config.train.steps)
-  tx = make_optimizer(config.optimizer, steps)
-  sparse = config.sparsity.get("method", "none") != "none"
-  method = registry.build_method(
-      config.sparsity, params, steps, reparam.alpha,
-      models.creation_order(config.model, sample_input) if sparse else ())
+  tx = optim.make_optimizer(config.optimizer, steps)
+  order = (tuple(models.creation_order(config.model, sample_input))
+           if config.sparsity.method != "none" else ())
+  method = builders.build_method(config.sparsity, params, steps, reparam.alpha, order)
   if method is not None:
     tx = sparse_base.sparse_optimizer(tx, method)
+  state = init_state(tx, params, net_state, rng)
+  return Experiment(model, tx, reparam, state, order,
+                    optim.learning_rate_schedule(config.optimizer, steps))
 
-  @jax.jit
-  def init_state(params, net_state, rng):
-    if method is not None:
-      params = sparse_base.initial_params(params, method)
-    state = TrainState(jnp.zeros([], jnp.int32), params, net_state, tx.init(params), rng)
-    # Fresh buffers: the chunk function donates the state, and init may alias leaves
-    # (e.g. masks and grad_masks are one array for most sparsity methods).
-    return jax.tree_util.tree_map(jnp.copy, state)
 
-  return Experiment(model, tx, reparam, init_state(params, net_state, rng))
+def forward_masks(opt_state: optax.OptState) -> Optional[PyTree]:
+  """The forward masks held in ``opt_state`` (None for dense training)."""
+  sparse = sparse_base.find_sparse_state(opt_state)
+  return None if sparse is None else sparse.masks
 
 
 def _log(msg: str) -> None:
   print(msg, flush=True)
 
 
+def _eval_source(split: Any) -> Any:
+  return split() if callable(split) else split
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       datasets: dict[str, Dataset],
-                       log: Callable[[str], None] = _log) -> tuple[TrainState, Experiment]:
+                       datasets: dict[str, data_base.Dataset] | data_base.DataSplits,
+                       log: Log = _log, allow_changed_config: bool = False,
+                       allow_extend: bool = False) -> tuple[TrainState, Experiment]:
   """Trains ``config.train.steps`` steps, logging, evaluating and checkpointing as it goes.
 
-  Restarts from the latest checkpoint in ``workdir`` if there is one. Returns the final state
-  and the experiment (model, optimizer, reparam) that produced it.
+  Restarts from the newest intact checkpoint in ``workdir`` if there is one (refusing a
+  workdir whose run was defined by another config unless ``allow_changed_config``, or with
+  fewer steps; more steps only with ``allow_extend``, to extend a finished run). Stops
+  at the first non-finite loss (:class:`TrainingDiverged`), keeping the last good
+  checkpoint. Returns the final state and the experiment that produced it.
   """
+  splits = (datasets if isinstance(datasets, data_base.DataSplits)
+            else data_base.DataSplits.from_datasets(datasets))
   train_cfg = config.train
   steps, batch, chunk = int(train_cfg.steps), int(train_cfg.batch_size), int(train_cfg.chunk_steps)
   if steps <= 0 or batch <= 0 or chunk <= 0:
     raise ValueError(f"train.steps, train.batch_size and train.chunk_steps must be > 0, got "
                      f"{steps}, {batch}, {chunk}")
-  train = datasets["train"]
-  exp = build_experiment(config, train.images[:1])
-  state = exp.init_state
-  ckpt = checkpoint_lib.Checkpointer(workdir)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    log(f"resumed from step {int(state.step)} in {workdir}")
-  writer = MetricsWriter(workdir)
-  augment = augment_lib.get_augment(train_cfg.get("augment", "none"))
-  mesh = parallel.make_mesh(int(train_cfg.get("num_devices", 1)))
-  parallel.check_batch_size(batch, mesh)
-  chunk_fn = make_chunk_fn(
-      make_train_step(exp.model, exp.tx, exp.reparam, train_cfg.get("label_smoothing", 0.0),
-                      augment),
-      gather_batch, unroll=train_cfg.get("unroll", 1),
-      batch_sharding=parallel.batch_sharding(mesh) if mesh.size > 1 else None)
-  evaluate = make_eval_fn(exp.model, exp.reparam)
-  state = parallel.replicate(state, mesh)
-  device_train = parallel.replicate(Dataset(train.images, train.labels), mesh)
-  start, t0 = int(state.step), time.time()
-  while int(state.step) < steps:
-    s = int(state.step)
-    k = min(chunk, steps - s)
-    idx = batch_indices(config.seed, s, k, batch, len(train.labels))
-    state, metrics = chunk_fn(state, device_train, idx)
-    s += k
-    crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
-    record = {"step": s, **{f"train_{n}": float(v) for n, v in metrics.items()}}
-    if crossed(train_cfg.eval_every) or s == steps:
-      record["validation_accuracy"] = evaluate(
-          state.params, state.net_state, datasets["validation"],
-          _forward_masks(state.opt_state))
-    if s == steps and "test" in datasets:
-      record["test_accuracy"] = evaluate(state.params, state.net_state, datasets["test"],
-                                         _forward_masks(state.opt_state))
-    sparse = sparse_base.find_sparse_state(state.opt_state)
-    if sparse is not None:
-      record["sparsity"] = masks_lib.sparsity_of(jax.device_get(sparse.masks),
-                                                 exp.reparam.predicate)
-    if crossed(train_cfg.log_every) or s == steps:
-      rate = (s - start) / max(time.time() - t0, 1e-9)
-      log(f"step {s}/{steps} ({100 * s / steps:.0f}%) " + " ".join(
-          f"{n}={v:.4f}" for n, v in record.items() if n != "step") + f" [{rate:.0f} steps/s]")
-    writer.write(record)
-    if crossed(train_cfg.checkpoint_every) or s == steps:
-      ckpt.save(s, state)
-  ckpt.close()
+  is_writer = jax.process_index() == 0
+  log = log if is_writer else (lambda msg: None)
+  mesh = parallel.make_mesh(int(train_cfg.num_devices))
+  parallel.check_global_batch(batch, mesh)
+  with workdir_lib.WorkdirLock(workdir, is_writer=is_writer):
+    workdir_lib.check_same_run(workdir, config.to_dict(), allow_extend=allow_extend,
+                               override=allow_changed_config, log=log)
+    exp = build_experiment(config, splits.sample_input)
+    ckpt = checkpoint_lib.Checkpointer(workdir)
+    state, restored = ckpt.restore_latest_intact(exp.init_state, log)
+    if state is None:
+      state = exp.init_state
+    else:
+      log(f"resumed from step {restored} in {workdir}")
+    workdir_lib.record_run(workdir, config.to_dict(), is_writer=is_writer)
+    state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
+    ckpt.close()
   return state, exp
 
 
-def _forward_masks(opt_state: optax.OptState) -> Optional[PyTree]:
-  sparse = sparse_base.find_sparse_state(opt_state)
-  return None if sparse is None else sparse.masks
+def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state: TrainState,
+           mesh, ckpt, log: Log, is_writer: bool) -> TrainState:
+  train_cfg = config.train
+  steps, batch = int(train_cfg.steps), int(train_cfg.batch_size)
+  start = int(state.step)
+  if splits.stream_train is not None:
+    train_input = streamed_input(splits.stream_train(start), mesh)
+  elif jax.process_count() > 1:
+    train_input = streamed_input(data_base.local_batches(
+        splits.train, config.seed, start, batch, jax.process_index(), jax.process_count()), mesh)
+  else:
+    train_input = in_memory_input(splits.train, config.seed, batch, mesh)
+  chunk_fn = make_chunk_fn(
+      make_train_step(exp.model, exp.tx, exp.reparam, float(train_cfg.label_smoothing),
+                      augment_lib.get_augment(train_cfg.augment)),
+      train_input.batch_fn, unroll=bool(train_cfg.unroll) or 1,
+      batch_sharding=parallel.batch_sharding(mesh) if mesh.size > 1 else None)
+  evaluate = make_eval_fn(exp.model, exp.reparam, int(train_cfg.eval_batch_size), mesh)
+  writer = metrics_lib.MetricsWriter(workdir, is_writer=is_writer, start_step=start)
+  state = parallel.replicate(state, mesh)
+  t0, last_good = time.time(), ckpt.latest_step()
+
+  def on_chunk(state: TrainState, k: int, metrics: dict[str, np.ndarray]) -> None:
+    nonlocal last_good
+    s = int(state.step)
+    losses = np.asarray(metrics["loss"])
+    if not np.all(np.isfinite(losses)):
+      first = s - k + 1 + int(np.argmin(np.isfinite(losses)))
+      writer.close()
+      raise TrainingDiverged(
+          f"loss became {losses[np.argmin(np.isfinite(losses))]} at step {first}; stopped "
+          f"(last good checkpoint: step {last_good} in {workdir}); lower "
+          f"optimizer.learning_rate ({config.optimizer.learning_rate}) or check the data")
+    crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
+    record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},
+              "learning_rate": float(exp.learning_rate(s - 1))}
+    masks = forward_masks(state.opt_state)
+    if crossed(train_cfg.eval_every) or s == steps:
+      if splits.validation is not None:
+        record["validation_accuracy"] = evaluate(state.params, state.net_state,
+                                                 _eval_source(splits.validation), masks)
+    if s == steps and splits.test is not None:
+      record["test_accuracy"] = evaluate(state.params, state.net_state,
+                                         _eval_source(splits.test), masks)
+    if masks is not None:
+      record["sparsity"] = masks_lib.sparsity_of(jax.device_get(masks), exp.reparam.predicate)
+    elapsed = time.time() - t0
+    record["images_per_s"] = (s - start) * int(train_cfg.batch_size) / max(elapsed, 1e-9)
+    if crossed(train_cfg.log_every) or s == steps:
+      log(metrics_lib.format_progress(s, steps, record, record["images_per_s"], elapsed,
+                                      start_step=start))
+    writer.write(record)
+    if crossed(train_cfg.checkpoint_every) or s == steps:
+      ckpt.save(s, state)
+      last_good = s
+
+  try:
+    state = run_steps(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps), on_chunk)
+  finally:
+    writer.close()
+  return state
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, log: Log = _log,
+                   allow_changed_config: bool = False, allow_extend: bool = False
+                   ) -> dict[str, Any]:
+  """What ``scripts/train.py`` runs: validate the config, join the other hosts if asked,
+  load (or stream) the data, train and evaluate. Returns the final metrics record."""
+  from powerprop_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from powerprop_jax import data  # pylint: disable=g-import-not-at-top
+  parallel.maybe_initialize(bool(config.train.distributed))
+  config_lib.validate(config)
+  splits = data.load_splits(config)
+  config_lib.validate(config, num_train=splits.num_train)
+  train_and_evaluate(config, workdir, splits, log=log,
+                     allow_changed_config=allow_changed_config, allow_extend=allow_extend)
+  if jax.process_index() != 0:
+    return {}
+  records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return records[-1] if records else {}

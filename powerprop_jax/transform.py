@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,21 @@ def weights_only(module_name: str, name: str, shape: tuple[int, ...]) -> bool:
   return name in ("w", "kernel") and len(shape) >= 2
 
 
+class Reparam(NamedTuple):
+  """Which params are reparameterised (``predicate``), and with what power (``alpha``)."""
+  alpha: float = 1.0
+  predicate: ParamPredicate = weights_only
+
+
+def _require_float(x: Any, what: str) -> jax.Array:
+  """``x`` as an array, or ValueError for integer/bool input (the power would truncate)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{what} needs floating-point weights, got dtype {x.dtype}; "
+                     "cast with .astype(jnp.float32)")
+  return x
+
+
 def _abs_pow(x: jax.Array, exponent: float) -> jax.Array:
   """|x|**exponent for exponent >= 0, with an integer power where exponent is integral."""
   if float(exponent).is_integer():
@@ -67,9 +82,9 @@ def _signed_power_jvp(alpha: float, primals, tangents):
 def powerprop(v: jax.Array, alpha: float) -> jax.Array:
   """w = v * |v|**(alpha-1), elementwise; alpha == 1 returns ``v`` itself."""
   alpha = validate_alpha(alpha)
+  v = _require_float(v, "powerprop")
   if alpha == 1.0:
     return v
-  v = jnp.asarray(v)
   return _signed_power(v.astype(jnp.promote_types(v.dtype, jnp.float32)), alpha).astype(v.dtype)
 
 
@@ -86,7 +101,7 @@ def _abs_root(x: jax.Array, alpha: float) -> jax.Array:
 def powerprop_derivative(v: jax.Array, alpha: float) -> jax.Array:
   """dw/dv = alpha * |v|**(alpha-1), elementwise (finite at v = 0; 1 everywhere at alpha 1)."""
   alpha = validate_alpha(alpha)
-  v = jnp.asarray(v)
+  v = _require_float(v, "powerprop_derivative")
   if alpha == 1.0:
     return jnp.ones_like(v)
   v32 = v.astype(jnp.promote_types(v.dtype, jnp.float32))
@@ -96,33 +111,93 @@ def powerprop_derivative(v: jax.Array, alpha: float) -> jax.Array:
 def inverse_powerprop(w: jax.Array, alpha: float) -> jax.Array:
   """v = sign(w) * |w|**(1/alpha), the exact inverse of :func:`powerprop`."""
   alpha = validate_alpha(alpha)
+  w = _require_float(w, "inverse_powerprop")
   if alpha == 1.0:
     return w
-  w = jnp.asarray(w)
   w32 = w.astype(jnp.promote_types(w.dtype, jnp.float32))
   return (jnp.sign(w32) * _abs_root(w32, alpha)).astype(w.dtype)
 
 
-def _path_names(path: tuple[Any, ...]) -> tuple[str, str]:
-  """(module_name, name) of a pytree path: the last key is the name, the rest the module."""
+def leaf_names(path: tuple[Any, ...]) -> tuple[str, str]:
+  """(module_name, name) of a pytree key path: the last key is the name, the rest the module.
+
+  Works for Haiku (``{"mlp/~/linear_0": {"w": ...}}``), Flax linen
+  (``{"params": {"Dense_0": {"kernel": ...}}}``) and ``flax.nnx.State``, whose leaves sit
+  behind a trailing ``.value`` attribute key that is dropped here.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
   if not keys:
     return "", ""
   return "/".join(keys[:-1]), keys[-1]
 
 
+def is_selected(path: tuple[Any, ...], leaf: Any, predicate: ParamPredicate) -> bool:
+  """Whether the leaf at ``path`` is reparameterised/prunable: ``predicate(module, name, shape)``."""
+  return bool(predicate(*leaf_names(path), tuple(np.shape(leaf))))
+
+
+def selected_leaves(params: PyTree, predicate: ParamPredicate = weights_only
+                    ) -> list[tuple[str, str, Any]]:
+  """``[(module_name, name, leaf)]`` of the selected leaves, in pytree order."""
+  return [(*leaf_names(path), x) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+          if is_selected(path, x, predicate)]
+
+
+def layer_shapes(params: PyTree, predicate: ParamPredicate = weights_only
+                 ) -> dict[str, tuple[int, ...]]:
+  """``{layer: shape}`` of the selected leaves in pytree order; a layer is named by its module,
+  or ``module/name`` for a module's second selected parameter."""
+  out: dict[str, tuple[int, ...]] = {}
+  for module, name, x in selected_leaves(params, predicate):
+    out[module if module not in out else f"{module}/{name}"] = tuple(np.shape(x))
+  return out
+
+
+def order_layers(layers: Sequence[str], layer_order: Sequence[str] = ()) -> list[str]:
+  """``layers`` sorted by the model's creation order ``layer_order`` (module names; layers
+  named ``module/name`` follow their module); unknown layers keep their order, at the end.
+
+  Pytree order is alphabetical (``linear_10`` before ``linear_2``, Haiku's ResNet
+  ``block_group_0`` before ``initial_conv``), so "first" and "last" layers need this.
+  """
+  position = {n: i for i, n in enumerate(layer_order)}
+  end = len(position)
+  return sorted(layers, key=lambda n: position.get(n, position.get(n.rsplit("/", 1)[0], end)))
+
+
 def selected(params: PyTree, predicate: ParamPredicate = weights_only) -> PyTree:
   """A pytree of Python bools with the structure of ``params``: True where reparameterised."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: bool(predicate(*_path_names(path), tuple(jnp.shape(x)))), params)
+  return jax.tree_util.tree_map_with_path(lambda path, x: is_selected(path, x, predicate),
+                                          params)
+
+
+def require_selection(params: PyTree, predicate: ParamPredicate, what: str) -> PyTree:
+  """``selected(params, predicate)``, raising ValueError if it selects no leaf at all.
+
+  A predicate that matches nothing would otherwise turn every operation into a silent no-op
+  (e.g. all-True masks); ``what`` names the caller in the message. A tree with no leaves
+  passes.
+  """
+  chosen = selected(params, predicate)
+  flags = jax.tree_util.tree_leaves(chosen)
+  if flags and not any(flags):  # (a tree with no leaves at all, e.g. optax's placeholder, is fine)
+    names = ["/".join(leaf_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    raise ValueError(f"{what}: the predicate selects no parameter (leaves: {names[:8]}"
+                     f"{' ...' if len(names) > 8 else ''}); pass a predicate that matches the "
+                     "weight leaves, e.g. lambda module, name, shape: name == 'kernel'")
+  return chosen
 
 
 def map_selected(fn: Callable[[jax.Array], jax.Array], params: PyTree,
                  predicate: ParamPredicate = weights_only) -> PyTree:
-  """Applies ``fn`` to the selected leaves of ``params`` and leaves the others unchanged."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: fn(x) if predicate(*_path_names(path), tuple(jnp.shape(x))) else x,
-      params)
+  """Applies ``fn`` to the selected leaves of ``params`` and leaves the others unchanged.
+
+  Raises ValueError if ``predicate`` selects no leaf.
+  """
+  chosen = require_selection(params, predicate, "map_selected")
+  return jax.tree_util.tree_map(lambda c, x: fn(x) if c else x, chosen, params)
 
 
 def effective_params(params: PyTree, alpha: float,
@@ -153,7 +228,7 @@ def check_no_zero_init(params: PyTree, alpha: float,
   if validate_alpha(alpha) == 1.0:
     return
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  bad = ["/".join(_path_names(path)) for (path, x), chosen
+  bad = ["/".join(leaf_names(path)) for (path, x), chosen
          in zip(flat, jax.tree_util.tree_leaves(selected(params, predicate)))
          if chosen and not np.any(np.asarray(x))]
   if bad:

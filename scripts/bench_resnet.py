@@ -6,7 +6,9 @@ Each variant is one jitted train step of the library's loop (forward, backward, 
 update, sparsity method in the optimizer state) on ``hk.nets.ResNet50``; variants are timed
 round-robin in the same run and reported as images/sec and as the ratio of step time to the
 dense step (target: <= 1.05 for powerprop, <= 1.10 with masks, RigL/Top-KAST mask updates
-every 100 steps amortised: a plain step plus 1/100 of the extra cost of an update step).
+every 100 steps amortised: a plain step plus 1/100 of the extra cost of an update step), and
+in bf16 compute (``model.compute_dtype``). Each step's FLOPs come from XLA's cost analysis;
+on an accelerator the achieved TFLOP/s is reported as a fraction of its bf16 peak.
 It also times the input side alone (gather + on-device crop/flip of a mock in-memory batch),
 to show whether data or compute bounds a run. Use a GPU/TPU for meaningful absolute numbers.
 """
@@ -20,37 +22,37 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import train
 from powerprop_jax.data import Dataset
 from powerprop_jax.data import augment as augment_lib
-from powerprop_jax.sparsity import builders
+from powerprop_jax.data import base as data_base
 
 UPDATE_EVERY = 100
-# name -> (alpha, method, mask update every k steps); "*@update" times the mask-update step.
+# name -> (alpha, method, mask update every k steps, compute dtype); "*@update" times the
+# mask-update step.
 VARIANTS = {
-    "dense": (1.0, "none", 0),
-    "powerprop": (4.0, "none", 0),
-    "powerprop+topkast90": (4.0, "topkast", 10**6),
-    "powerprop+topkast90@update": (4.0, "topkast", 1),
-    "powerprop+rigl90": (4.0, "rigl", 10**6),
-    "powerprop+rigl90@update": (4.0, "rigl", 1),
+    "dense": (1.0, "none", 0, "float32"),
+    "powerprop": (4.0, "none", 0, "float32"),
+    "powerprop+topkast90": (4.0, "topkast", 10**6, "float32"),
+    "powerprop+topkast90@update": (4.0, "topkast", 1, "float32"),
+    "powerprop+rigl90": (4.0, "rigl", 10**6, "float32"),
+    "powerprop+rigl90@update": (4.0, "rigl", 1, "float32"),
+    "dense_bf16": (1.0, "none", 0, "bfloat16"),
+    "powerprop_bf16": (4.0, "none", 0, "bfloat16"),
 }
 
 
-def _config(alpha: float, method: str, every: int) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed, c.alpha = 0, alpha
-  c.model = ml_collections.ConfigDict({"name": "resnet50", "num_classes": 1000})
-  c.train = ml_collections.ConfigDict({"steps": 10**6})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
-      "weight_decay": 1e-4, "schedule": "constant", "warmup_steps": 0})
-  c.sparsity = builders.default_config(method)
+def _config(alpha: float, method: str, every: int, dtype: str) -> ml_collections.ConfigDict:
+  c = config_lib.base()
+  c.alpha = alpha
+  c.model.update({"name": "resnet50", "num_classes": 1000, "compute_dtype": dtype})
+  c.train.steps = 10**6
+  c.optimizer.update({"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4})
+  c.sparsity.method = method
   if method != "none":
     c.sparsity.update({"level": 0.9, "distribution": "erk", "dense_layers": "first",
                        "update_every": every, "end_step": 10**6})
-    if method == "topkast":
-      c.sparsity.backward_level = 0.8
   return c
 
 
@@ -66,10 +68,12 @@ def bench_model(batch_size: int, image_size: int, steps: int, rounds: int) -> di
   batch = {"image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)),
                                 jnp.float32),
            "label": jnp.asarray(rng.integers(0, 1000, batch_size), jnp.int32)}
-  runs = {}
-  for name, (alpha, method, every) in VARIANTS.items():
-    exp = train.build_experiment(_config(alpha, method, every), np.asarray(batch["image"][:1]))
+  runs, flops = {}, {}
+  for name, (alpha, method, every, dtype) in VARIANTS.items():
+    exp = train.build_experiment(_config(alpha, method, every, dtype),
+                                 np.asarray(batch["image"][:1]))
     step = jax.jit(train.make_train_step(exp.model, exp.tx, exp.reparam), donate_argnums=0)
+    flops[name] = _step_flops(step, exp.init_state, batch)
     state, _ = _timed(step, exp.init_state, batch)  # compile
     runs[name] = [step, state, []]
     print(f"compiled {name}", flush=True)
@@ -83,8 +87,32 @@ def bench_model(batch_size: int, image_size: int, steps: int, rounds: int) -> di
   t = {name: float(np.median(times)) for name, (_, _, times) in runs.items()}
   for name in [n for n in t if n + "@update" in t]:  # one update step per UPDATE_EVERY steps
     t[name] += (t.pop(name + "@update") - t[name]) / UPDATE_EVERY
-  return {name: {"s_per_step": v, "images_per_s": batch_size / v, "ratio": v / t["dense"]}
+  return {name: {"s_per_step": v, "images_per_s": batch_size / v, "ratio": v / t["dense"],
+                 "tflops_per_s": flops[name] / v / 1e12}
           for name, v in t.items()}
+
+
+def _step_flops(step, state, batch) -> float:
+  """FLOPs of one compiled train step, from XLA's cost analysis (0 if unavailable)."""
+  try:
+    cost = step.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+  except Exception:  # pylint: disable=broad-except  (cost analysis is backend-optional)
+    return 0.0
+
+
+# Dense bf16 peak TFLOP/s per chip (vendor data sheets), for the fraction-of-peak column.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "V100": 125.0,
+                    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5p": 459.0, "L4": 121.0}
+
+
+def peak_tflops(device_kind: str) -> float:
+  """The bf16 dense peak of a known accelerator (0 when unknown, e.g. a CPU)."""
+  for name, peak in BF16_PEAK_TFLOPS.items():
+    if name.lower() in device_kind.lower():
+      return peak
+  return 0.0
 
 
 def bench_input(batch_size: int, image_size: int, rounds: int = 20) -> float:
@@ -94,8 +122,8 @@ def bench_input(batch_size: int, image_size: int, rounds: int = 20) -> float:
   data = jax.device_put(Dataset(rng.normal(size=(n, image_size, image_size, 3)).astype(
       np.float32), rng.integers(0, 1000, n).astype(np.int32)))
   aug = augment_lib.get_augment("crop_flip")
-  fn = jax.jit(lambda d, i, k: aug(k, train.gather_batch(d, i)))
-  idx = train.batch_indices(0, 0, rounds + 1, batch_size, n)
+  fn = jax.jit(lambda d, i, k: aug(k, data_base.gather_batch(d, i)))
+  idx = data_base.batch_indices(0, 0, rounds + 1, batch_size, n)
   jax.block_until_ready(fn(data, idx[0], jax.random.PRNGKey(0)))
   t0 = time.perf_counter()
   for r in range(rounds):
@@ -109,15 +137,24 @@ def main():
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="bf16 peak of the device (default: looked up from its name)")
   parser.add_argument("--out", default="", help="optional JSON file for the results")
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}) x{jax.device_count()}; "
         f"ResNet-50, batch {args.batch}, {args.image_size}x{args.image_size}", flush=True)
   results = bench_model(args.batch, args.image_size, args.steps, args.rounds)
-  print(f"{'variant':24s} {'images/s':>10s} {'ratio':>7s}")
+  peak = args.peak_tflops or peak_tflops(device.device_kind)
+  print(f"{'variant':28s} {'images/s':>10s} {'ratio':>7s} {'TFLOP/s':>8s} {'of peak':>8s}")
   for name, r in results.items():
-    print(f"{name:24s} {r['images_per_s']:10.1f} {r['ratio']:7.3f}")
+    r["fraction_of_bf16_peak"] = r["tflops_per_s"] / peak if peak else None
+    frac = f"{100 * r['fraction_of_bf16_peak']:7.1f}%" if peak else "     n/a"
+    print(f"{name:28s} {r['images_per_s']:10.1f} {r['ratio']:7.3f} {r['tflops_per_s']:8.3f} "
+          f"{frac}")
+  if not peak:
+    print(f"no bf16 peak known for {device.device_kind!r} (pass --peak_tflops): fraction of "
+          "peak not reported")
   pipeline = bench_input(args.batch, args.image_size)
   print(f"input side alone (gather + crop/flip): {pipeline:.0f} images/s")
   if args.out:

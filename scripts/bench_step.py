@@ -5,26 +5,26 @@ step measured in the same run.
   python scripts/bench_step.py [--steps 500] [--rounds 7] [--batch 60]
                                [--sweep --data_dir ../shared/data/mnist]
 
-Each variant runs chunks of ``--steps`` steps in one jitted ``lax.scan`` (as the training loop
-does); variants are interleaved round by round and the median per-step time is reported.
+Every variant runs the library's own train step and chunk driver (``train.make_train_step``,
+``train.make_chunk_fn``: one jitted ``lax.scan`` of ``--steps`` steps); variants are interleaved round by round and the median per-step time is reported.
 ``--sweep`` also times the full official 5-alpha sweep (50,000 steps each) end to end.
 """
 
 import argparse
 import json
 import os
-import sys
 import time
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 
 import powerprop_jax as pp
+from powerprop_jax import config as config_lib
 from powerprop_jax import train
-from powerprop_jax.sparsity import builders
 
 ALPHA = 4.0
 BATCH = 60
@@ -39,20 +39,35 @@ def _pp_mlp(x):
     return _mlp(x)
 
 
-def _chunk_runner(apply, params, tx, forward=lambda p, s: p):
-  """jit(scan) of ``steps`` SGD steps of ``apply`` with ``tx``; returns run(carry, x, y)."""
+def _library_loop(apply, params, tx, reparam):
+  """The library's own jitted chunk (``train.make_train_step`` + ``train.make_chunk_fn``)
+  over a (steps, batch) stream: returns run(state, x, y) and the initial state.
 
-  def loss(p, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+  ``apply(params, x)`` is a plain (stateless) model; powerprop is in the model (Haiku form,
+  ``reparam.alpha`` 1), in the optimizer (optax form) or in the loop (``reparam.alpha``).
+  """
+  model = _Stateless(apply)
+  chunk = train.make_chunk_fn(train.make_train_step(model, tx, reparam),
+                              lambda _, xy: {"image": xy[0], "label": xy[1]})
+  state = train.init_state(tx, params, {}, jax.random.PRNGKey(1))
+  return (lambda s, x, y: chunk(s, None, (x, y))[0]), state
 
-  def body(carry, xy):
-    p, s = carry
-    g = jax.grad(lambda q: loss(forward(q, s), *xy))(p)
-    u, s = tx.update(g, s, p)
-    return (optax.apply_updates(p, u), s), ()
 
-  run = jax.jit(lambda carry, x, y: jax.lax.scan(body, carry, (x, y))[0])
-  return run, (params, tx.init(params))
+class _Stateless:
+  """``apply(params, net_state, rng, x, is_training)`` around a stateless ``apply(params, x)``."""
+
+  def __init__(self, apply):
+    self._apply = apply
+
+  def apply(self, params, net_state, rng, x, is_training=True):
+    del rng, is_training
+    return self._apply(params, x), net_state
+
+
+def _sparse_config(method: str) -> ml_collections.ConfigDict:
+  c = config_lib.base().sparsity
+  c.update({"method": method, "level": 0.9, "distribution": "erk", "update_every": 100})
+  return c
 
 
 def variants():
@@ -63,39 +78,24 @@ def variants():
   v = haiku_form.init(jax.random.PRNGKey(0), x0)
   masks = pp.magnitude_masks(w, 0.9)
   sgd = optax.sgd(0.1)
+  dense, in_model = pp.Reparam(1.0), pp.Reparam(ALPHA)
   out = {
-      "dense": _chunk_runner(plain.apply, w, sgd),
-      "powerprop_haiku": _chunk_runner(haiku_form.apply, v, sgd),
-      "powerprop_optax": _chunk_runner(plain.apply, w, pp.powerprop_optimizer(sgd, ALPHA)),
-      "powerprop_haiku+masks90": _chunk_runner(
-          haiku_form.apply, v, pp.masked_optimizer(sgd, masks), pp.sparsity.forward_params),
-      "powerprop_optax+masks90": _chunk_runner(
-          plain.apply, w, pp.masked_optimizer(pp.powerprop_optimizer(sgd, ALPHA), masks),
-          pp.sparsity.forward_params),
+      "dense": _library_loop(plain.apply, w, sgd, dense),
+      "powerprop_haiku": _library_loop(haiku_form.apply, v, sgd, dense),
+      "powerprop_optax": _library_loop(plain.apply, w, pp.powerprop_optimizer(sgd, ALPHA), dense),
+      "powerprop_haiku+masks90": _library_loop(haiku_form.apply, v,
+                                               pp.masked_optimizer(sgd, masks), dense),
+      "powerprop_optax+masks90": _library_loop(
+          plain.apply, w, pp.masked_optimizer(pp.powerprop_optimizer(sgd, ALPHA), masks), dense),
+      "powerprop_train_loop": _library_loop(plain.apply, pp.reparameterise_init(w, ALPHA), sgd,
+                                            in_model),
   }
-  # The library's own loop step (pytree form: w = powerprop(v) outside the model).
-  model = hk.transform_with_state(lambda x, is_training: _mlp(x))
-  params, net_state = model.init(jax.random.PRNGKey(0), x0, is_training=True)
-  params = pp.reparameterise_init(params, ALPHA)
-  step = train.make_train_step(model, sgd, train.Reparam(ALPHA))
-  state = train.TrainState(jnp.zeros([], jnp.int32), params, net_state, sgd.init(params),
-                           jax.random.PRNGKey(1))
-  loop = jax.jit(lambda s, x, y: jax.lax.scan(
-      lambda c, xy: (step(c, {"image": xy[0], "label": xy[1]})[0], ()), s, (x, y))[0])
-  out["powerprop_train_loop"] = (loop, state)
   # Sparse methods in the same loop, mask updates every 100 steps (amortised in the chunk).
-  for method, extra in [("rigl", {}), ("topkast", {"backward_level": 0.8})]:
-    cfg = builders.default_config(method)
-    cfg.update({"level": 0.9, "distribution": "erk", "update_every": 100, **extra})
-    tx = pp.sparse_optimizer(sgd, pp.sparsity.build_method(cfg, params, 10**9, ALPHA))
-    p0 = pp.sparsity.initial_params(params, pp.sparsity.build_method(cfg, params, 10**9, ALPHA))
-    step_s = train.make_train_step(model, tx, train.Reparam(ALPHA))
-    state_s = train.TrainState(jnp.zeros([], jnp.int32), p0, net_state, tx.init(p0),
-                               jax.random.PRNGKey(1))
-    state_s = jax.tree_util.tree_map(jnp.copy, state_s)
-    loop_s = jax.jit(lambda s, x, y, f=step_s: jax.lax.scan(
-        lambda c, xy: (f(c, {"image": xy[0], "label": xy[1]})[0], ()), s, (x, y))[0])
-    out[f"powerprop_loop+{method}90"] = (loop_s, state_s)
+  v_loop = pp.reparameterise_init(w, ALPHA)
+  for method in ("rigl", "topkast"):
+    tx = pp.sparse_optimizer(sgd, pp.sparsity.build_method(_sparse_config(method), v_loop,
+                                                            10**9, ALPHA))
+    out[f"powerprop_loop+{method}90"] = _library_loop(plain.apply, v_loop, tx, in_model)
   return out
 
 
@@ -117,15 +117,13 @@ def bench(steps: int, rounds: int, batch: int = BATCH) -> dict[str, float]:
 
 
 def time_sweep(data_dir: str) -> float:
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-  import mnist_oneshot  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from powerprop_jax import data  # pylint: disable=g-import-not-at-top
   datasets = data.load_mnist("idx", data_dir)
   t0 = time.perf_counter()
   with tempfile.TemporaryDirectory() as wd:
     for alpha in (1.0, 2.0, 3.0, 4.0, 5.0):
-      config = mnist_oneshot.get_config()
+      config = config_lib.base()  # the official protocol (configs/mnist_oneshot.py)
       config.alpha = alpha
       train.train_and_evaluate(config, os.path.join(wd, str(alpha)), datasets,
                                log=lambda s: None)

@@ -11,47 +11,46 @@ capacity used per task; keep fractions; P and P_s per task), ``results.csv`` (on
 (alpha, seed, task)) and ``capacity_and_accuracy.png``.
 """
 
-import copy
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
-from powerprop_jax import cli, data, results
+from powerprop_jax import cli, data, results, sweep
+from powerprop_jax import config as config_lib
 from powerprop_jax.continual import packnet
 
 cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def sweep(config, workdir, datasets, log=print):
+def continual_cell(config, run_dir, datasets, runs, log=print):
+  """Runs one task stream; appends its summary to ``runs``; returns per-task rows."""
+  r = packnet.run_continual(config, datasets, run_dir, log=log)
+  avg = packnet.average_accuracy(r.acc)
+  method = config.continual.method
+  runs.append({"method": method, "alpha": float(config.alpha), "seed": int(config.seed),
+               "acc": [[None if np.isnan(a) else float(a) for a in row] for row in r.acc],
+               "average_accuracy": avg, "capacity_used": r.capacity,
+               "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction,
+               "dense_val": r.dense_val, "pruned_val": r.pruned_val})
+  log(f"   average accuracy {avg:.4f}; capacity per task "
+      + " ".join(f"{c:.4f}" for c in r.capacity) + f" (total {sum(r.capacity):.4f})")
+  return [{"method": method, "task": t, "capacity_used": r.capacity[t],
+           "cumulative_capacity": float(sum(r.capacity[:t + 1])),
+           "keep_fraction": r.keep_fraction[t], "accuracy_after_task": float(r.acc[t, t]),
+           "final_accuracy": float(r.acc[-1, t]), "average_accuracy": avg}
+          for t in range(len(r.capacity))]
+
+
+def run_sweep(config, workdir, datasets, log=print):
   """Runs every (alpha, seed); returns (runs for results.json, per-task rows for the CSV)."""
-  runs, rows = [], []
-  for alpha in config.sweep.alphas:
-    for seed in config.sweep.seeds:
-      run_config = copy.deepcopy(config)
-      with run_config.unlocked():
-        run_config.alpha, run_config.seed = float(alpha), int(seed)
-      run_dir = os.path.join(workdir, f"alpha{float(alpha):g}_seed{int(seed)}")
-      log(f"== {config.continual.method} alpha={alpha:g} seed={seed} in {run_dir}")
-      r = packnet.run_continual(run_config, datasets, run_dir, log=log)
-      avg = packnet.average_accuracy(r.acc)
-      runs.append({"method": config.continual.method, "alpha": float(alpha),
-                   "seed": int(seed),
-                   "acc": [[None if np.isnan(a) else float(a) for a in row] for row in r.acc],
-                   "average_accuracy": avg, "capacity_used": r.capacity,
-                   "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction,
-                   "dense_val": r.dense_val, "pruned_val": r.pruned_val})
-      for t in range(len(r.capacity)):
-        rows.append({"method": config.continual.method, "alpha": float(alpha),
-                     "seed": int(seed), "task": t, "capacity_used": r.capacity[t],
-                     "cumulative_capacity": float(sum(r.capacity[:t + 1])),
-                     "keep_fraction": r.keep_fraction[t],
-                     "accuracy_after_task": float(r.acc[t, t]),
-                     "final_accuracy": float(r.acc[-1, t]), "average_accuracy": avg})
-      log(f"   average accuracy {avg:.4f}; capacity per task "
-          + " ".join(f"{c:.4f}" for c in r.capacity) + f" (total {sum(r.capacity):.4f})")
+  runs = []
+  cells = sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
+                     seed=[int(s) for s in config.sweep.seeds])
+  rows = sweep.run(config, workdir, cells,
+                   lambda cfg, run_dir, cell: continual_cell(cfg, run_dir, datasets, runs, log),
+                   log)
   return runs, rows
 
 
@@ -82,9 +81,10 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    packnet.validate_config(config.continual)
+    config_lib.validate(config)
     datasets = data.load_datasets(config.data)
-    runs, rows = sweep(config, FLAGS.workdir, datasets)
+    config_lib.validate(config, num_train=len(datasets["train"].labels))
+    runs, rows = run_sweep(config, FLAGS.workdir, datasets)
     results.write_json(os.path.join(FLAGS.workdir, "results.json"), runs)
     results.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
     plot(os.path.join(FLAGS.workdir, "capacity_and_accuracy.png"), rows,
@@ -95,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

@@ -5,47 +5,45 @@
 
 For each (alpha, seed) a run trains in ``workdir/alpha{a}_seed{s}`` (resumed or reused if
 already there), then for each keep fraction p in geomspace(min_keep, 1, num) the effective
-weights are pruned one-shot (per layer, output layer min(1, 2p); or globally) and evaluated
-on the test set with no fine-tuning. Writes ``results.json``, ``results.csv`` and
+weights are pruned one-shot (per layer, the output layer keeping min(1, 2p); or globally) and
+evaluated on the test set with no fine-tuning. Writes ``results.json``, ``results.csv`` and
 ``accuracy_vs_weights_remaining.png`` to the workdir.
 """
 
-import copy
 import os
 
-from absl import app
 from absl import flags
 
-from powerprop_jax import cli, data, oneshot, results, train, transform
+from powerprop_jax import cli, curves, masks, models, results, sweep, train, transform
+from powerprop_jax import config as config_lib
+from powerprop_jax.data import inputs
 
 cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def sweep(config, workdir, datasets, log=print):
+def prune_cell(config, run_dir, splits, log=print):
+  """Trains one run and returns its pruning curve as rows."""
+  state, exp = train.train_and_evaluate(config, run_dir, splits, log=log)
+  evaluate = train.make_eval_fn(exp.model, exp.reparam, int(config.train.eval_batch_size))
+  weights = transform.effective_params(state.params, exp.reparam.alpha, exp.reparam.predicate)
+  curve = curves.pruning_curve(
+      weights, lambda m: evaluate(state.params, state.net_state, splits.test, m),
+      masks.keep_fractions(config.prune.min_keep_fraction, config.prune.num_keep_fractions),
+      config.prune.scope, config.prune.output_layer_multiplier, exp.reparam.predicate,
+      models.creation_order(config.model, splits.sample_input))
+  mid = curve[len(curve) // 2]
+  log(f"   dense test accuracy {curve[-1]['accuracy']:.4f}; at "
+      f"{100 * mid['weights_remaining']:.2f}% kept {mid['accuracy']:.4f}")
+  return curve
+
+
+def run_sweep(config, workdir, splits, log=print):
   """Trains and prunes every (alpha, seed) of ``config.sweep``; returns the result rows."""
-  fractions = oneshot.keep_fractions(config.prune.min_keep_fraction,
-                                     config.prune.num_keep_fractions)
-  rows = []
-  for alpha in config.sweep.alphas:
-    for seed in config.sweep.seeds:
-      run_config = copy.deepcopy(config)
-      with run_config.unlocked():
-        run_config.alpha, run_config.seed = float(alpha), int(seed)
-      run_dir = os.path.join(workdir, f"alpha{float(alpha):g}_seed{int(seed)}")
-      log(f"== alpha={alpha:g} seed={seed}: training in {run_dir}")
-      state, exp = train.train_and_evaluate(run_config, run_dir, datasets, log=log)
-      evaluate = train.make_eval_fn(exp.model, exp.reparam)
-      weights = transform.effective_params(state.params, exp.reparam.alpha)
-      curve = oneshot.pruning_curve(
-          weights, lambda m: evaluate(state.params, state.net_state, datasets["test"], m),
-          fractions, config.prune.scope, config.prune.output_layer_multiplier)
-      for point in curve:
-        rows.append({"alpha": float(alpha), "seed": int(seed), **point})
-      log(f"   dense test accuracy {curve[-1]['accuracy']:.4f}; at "
-          f"{100 * curve[len(curve) // 2]['weights_remaining']:.2f}% kept "
-          f"{curve[len(curve) // 2]['accuracy']:.4f}")
-  return rows
+  cells = sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
+                     seed=[int(s) for s in config.sweep.seeds])
+  return sweep.run(config, workdir, cells,
+                   lambda cfg, run_dir, cell: prune_cell(cfg, run_dir, splits, log), log)
 
 
 def write_results(rows, workdir, title):
@@ -61,8 +59,10 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    datasets = data.load_datasets(config.data)
-    rows = sweep(config, FLAGS.workdir, datasets)
+    config_lib.validate(config)
+    splits = inputs.load_splits(config)
+    config_lib.validate(config, num_train=splits.num_train)
+    rows = run_sweep(config, FLAGS.workdir, splits)
     write_results(rows, FLAGS.workdir,
                   f"{config.data.name} {config.model.name}: one-shot pruning "
                   f"({config.prune.scope})")
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

@@ -1,16 +1,19 @@
-"""Trains one model from a config; resumes from the workdir's latest checkpoint.
+"""Trains one model from a config; resumes from the workdir's newest intact checkpoint.
 
   python scripts/train.py --config=configs/mnist_oneshot.py --config.alpha=4 \
       --config.data.dir=../shared/data/mnist --workdir=runs/mnist_a4
 
-Writes ``metrics.jsonl`` (one JSON object per chunk of steps), ``config.json`` and orbax
-checkpoints to the workdir.
+Writes ``metrics.jsonl`` (one JSON object per chunk of steps), TensorBoard event files
+(``tensorboard/``), ``config.json`` and orbax checkpoints to the workdir; only process 0
+writes on a multi-host run (``--config.train.distributed=True`` on every host).
 """
 
-from absl import app
-from absl import flags
+import os
 
-from powerprop_jax import cli, data, results, train
+from absl import flags
+import jax
+
+from powerprop_jax import cli, results, train
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -21,12 +24,15 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    datasets = data.load_datasets(config.data)
-    results.write_json(f"{FLAGS.workdir}/config.json", config.to_dict())
-    train.train_and_evaluate(config, FLAGS.workdir, datasets)
+    final = train.run_experiment(config, FLAGS.workdir,
+                                 allow_changed_config=FLAGS.allow_changed_config,
+                                 allow_extend=FLAGS.allow_extend)
+    if jax.process_index() == 0:
+      results.write_json(os.path.join(FLAGS.workdir, "config.json"), config.to_dict())
+      print(f"done: {final}")
 
   cli.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_app(main)

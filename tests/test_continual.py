@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from powerprop_jax import data, transform
+from powerprop_jax import config as config_lib
+from powerprop_jax import data, masks, transform
 from powerprop_jax.continual import assignment, packnet, tasks
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -90,17 +91,17 @@ def test_config_errors(field, value, match):
   config = continual_pmnist.get_config()
   config.continual[field] = value
   with pytest.raises(ValueError, match=match):
-    packnet.validate_config(config.continual)
+    config_lib.validate_continual(config.continual)
 
 
 def test_keep_fn_layerwise_and_global():
   w = {"a": {"w": np.array([[3.0, -1.0], [2.0, 0.5]])}, "b": {"w": np.array([[10.0, 0.1]])}}
   cand = {"a": {"w": np.array([[True, True], [False, True]])}, "b": {"w": np.ones((1, 2), bool)}}
-  lw = packnet.make_keep_fn(w, cand, "layerwise", transform.weights_only)(0.5)
+  lw = masks.magnitude_masks(w, 0.5, "layerwise", transform.weights_only, cand)
   # layer a: round(0.5 * 3) = 2 of the candidates {3, -1, 0.5}; the non-candidate 2 never.
   np.testing.assert_array_equal(lw["a"]["w"], [[True, True], [False, False]])
   np.testing.assert_array_equal(lw["b"]["w"], [[True, False]])
-  gl = packnet.make_keep_fn(w, cand, "global", transform.weights_only)(0.5)
+  gl = masks.magnitude_masks(w, 0.5, "global", transform.weights_only, cand)
   # round(0.5 * 5) = 2 over all candidates: 10 and 3.
   np.testing.assert_array_equal(gl["a"]["w"], [[True, False], [False, False]])
   np.testing.assert_array_equal(gl["b"]["w"], [[True, False]])

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 import powerprop_jax as pp
-from powerprop_jax import oneshot
+from powerprop_jax import curves
 
 
 def _params(seed=0):
@@ -92,12 +92,12 @@ class OneShotTest(chex.TestCase):
 
   def test_output_layer_keeps_twice(self):
     params = _params(4)
-    m = oneshot.oneshot_masks(params, 0.1, "layerwise", output_multiplier=2.0)
+    m = curves.curve_masks(params, 0.1, "layerwise", output_multiplier=2.0)
     self.assertEqual(int(m["a"]["w"].sum()), 120)
     self.assertEqual(int(m["c"]["w"].sum()), 42)
-    m = oneshot.oneshot_masks(params, 0.6, "layerwise", output_multiplier=2.0)
+    m = curves.curve_masks(params, 0.6, "layerwise", output_multiplier=2.0)
     self.assertTrue(bool(m["c"]["w"].all()))  # min(1, 2p)
-    np.testing.assert_allclose(oneshot.keep_fractions(0.01, 20)[[0, 6, -1]],
+    np.testing.assert_allclose(pp.keep_fractions(0.01, 20)[[0, 6, -1]],
                                [0.01, 0.0428133, 1.0], rtol=1e-5)
 
 

@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from powerprop_jax import data, oneshot, train, transform
+from powerprop_jax import curves, data, masks, train, transform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import mnist_oneshot  # noqa: E402  pylint: disable=g-import-not-at-top
 
-KEEP = float(oneshot.keep_fractions(0.01, 20)[6])  # 4.28% of weights kept
+KEEP = float(masks.keep_fractions(0.01, 20)[6])  # 4.28% of weights kept
 SEEDS = (0, 1)
 
 
@@ -28,7 +28,7 @@ def _accuracies(alpha, seed, datasets, workdir):
   state, exp = train.train_and_evaluate(config, workdir, datasets, log=lambda s: None)
   evaluate = train.make_eval_fn(exp.model, exp.reparam)
   weights = transform.effective_params(state.params, alpha)
-  curve = oneshot.pruning_curve(
+  curve = curves.pruning_curve(
       weights, lambda m: evaluate(state.params, state.net_state, datasets["test"], m),
       np.array([KEEP, 1.0]))
   return curve[0]["accuracy"], curve[1]["accuracy"]

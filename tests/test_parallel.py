@@ -18,21 +18,19 @@ SCRIPT = textwrap.dedent("""
     import jax, ml_collections, numpy as np
     from powerprop_jax import train
     from powerprop_jax.data import Dataset
-    from powerprop_jax.sparsity import builders
+    from powerprop_jax import config as config_lib
     assert jax.device_count() == 4, jax.devices()
 
     def config(num_devices):
-      c = ml_collections.ConfigDict()
+      c = config_lib.base()
       c.seed, c.alpha = 0, 2.0
-      c.model = ml_collections.ConfigDict({"name": "resnet_tiny", "num_classes": 10})
-      c.train = ml_collections.ConfigDict({
+      c.model.update({"name": "resnet_tiny", "num_classes": 10})
+      c.train.update({
           "steps": 3, "batch_size": 8, "chunk_steps": 1, "log_every": 0, "eval_every": 0,
           "checkpoint_every": 0, "label_smoothing": 0.1, "augment": "crop_flip",
           "unroll": True, "num_devices": num_devices})
-      c.optimizer = ml_collections.ConfigDict({
-          "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
-          "weight_decay": 1e-4, "schedule": "constant", "warmup_steps": 0})
-      c.sparsity = builders.default_config("none")
+      c.optimizer.update({"learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+                          "weight_decay": 1e-4})
       return c
 
     rng = np.random.default_rng(0)

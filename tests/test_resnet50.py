@@ -2,26 +2,22 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import masks, sparsity, train
-from powerprop_jax.sparsity import builders
 
 
 @pytest.mark.slow
 def test_resnet50_powerprop_topkast_step():
-  c = ml_collections.ConfigDict()
+  c = config_lib.base()
   c.seed, c.alpha = 0, 2.0
-  c.model = ml_collections.ConfigDict({"name": "resnet50", "num_classes": 10})
-  c.train = ml_collections.ConfigDict({"steps": 10})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
-      "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0})
-  c.sparsity = builders.default_config("topkast")
-  c.sparsity.update({"level": 0.8, "backward_level": 0.5, "distribution": "uniform",
-                     "dense_layers": "first,last", "penalty": 0.0})
+  c.model.update({"name": "resnet50", "num_classes": 10})
+  c.train.steps = 10
+  c.optimizer.update({"learning_rate": 0.1, "momentum": 0.9, "nesterov": True})
+  c.sparsity.update({"method": "topkast", "level": 0.8, "backward_level": 0.5,
+                     "distribution": "uniform", "dense_layers": "first,last", "penalty": 0.0})
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
   exp = train.build_experiment(c, images[:1])
   step = jax.jit(train.make_train_step(exp.model, exp.tx, exp.reparam, 0.1))

@@ -1,27 +1,21 @@
 """A run stopped after a checkpoint and restarted ends with the same params as one straight run."""
 
 import jax
-import ml_collections
 import numpy as np
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import train
 from powerprop_jax.data import Dataset
-from powerprop_jax.sparsity import builders
 
 
 def _config(steps):
-  c = ml_collections.ConfigDict()
+  c = config_lib.base()
   c.seed, c.alpha = 3, 2.0
-  c.model = ml_collections.ConfigDict({"name": "cifar_convnet", "num_classes": 10,
-                                       "width": 0.25})
-  c.train = ml_collections.ConfigDict({
+  c.model.update({"name": "cifar_convnet", "num_classes": 10, "width": 0.25})
+  c.train.update({
       "steps": steps, "batch_size": 4, "chunk_steps": 2, "log_every": 2, "eval_every": 2,
-      "checkpoint_every": 2, "label_smoothing": 0.0, "augment": "crop_flip",
-      "unroll": True})
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": False,
-      "weight_decay": 5e-4, "schedule": "constant", "warmup_steps": 0})
-  c.sparsity = builders.default_config("none")
+      "checkpoint_every": 2, "augment": "crop_flip", "unroll": True})
+  c.optimizer.update({"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
   return c
 
 
@@ -35,7 +29,8 @@ def test_resume_matches_uninterrupted(tmp_path):
   straight, _ = train.train_and_evaluate(_config(6), str(tmp_path / "a"), data, log=quiet)
   train.train_and_evaluate(_config(4), str(tmp_path / "b"), data, log=quiet)
   logs = []
-  resumed, _ = train.train_and_evaluate(_config(6), str(tmp_path / "b"), data, log=logs.append)
+  resumed, _ = train.train_and_evaluate(_config(6), str(tmp_path / "b"), data, log=logs.append,
+                                        allow_extend=True)
   assert any("resumed from step 4" in m for m in logs), logs
   assert int(resumed.step) == 6
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),

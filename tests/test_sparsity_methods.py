@@ -9,6 +9,7 @@ import optax
 
 import powerprop_jax as pp
 from powerprop_jax import checkpoint
+from powerprop_jax import config as config_lib
 from powerprop_jax.sparsity import builders, distributions, schedules
 
 
@@ -27,7 +28,7 @@ def _n_active(masks, params):
 
 
 def _config(**kw):
-  c = builders.default_config()
+  c = config_lib.base().sparsity
   c.update(kw)
   return c
 
@@ -96,8 +97,8 @@ class ScheduleTest(chex.TestCase):
 def _run(method, params, steps, grads_fn=None, inner=None):
   """Runs ``steps`` jitted optimizer steps; returns per-step (params, state)."""
   tx = pp.sparse_optimizer(inner or optax.sgd(0.05, momentum=0.9), method)
-  params = pp.sparsity.initial_params(params, method)
   state = tx.init(params)
+  params = method.init(params).params  # what the first update would store
   rng = np.random.default_rng(0)
 
   @jax.jit

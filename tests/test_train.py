@@ -43,13 +43,13 @@ def small_config(steps=300, alpha=2.0):
 class BatchIndicesTest(chex.TestCase):
 
   def test_pure_function_of_seed_and_step(self):
-    a = train.batch_indices(3, 0, 50, 7, 100)
-    b = train.batch_indices(3, 20, 30, 7, 100)
+    a = data.batch_indices(3, 0, 50, 7, 100)
+    b = data.batch_indices(3, 20, 30, 7, 100)
     np.testing.assert_array_equal(a[20:], b)
-    self.assertFalse(np.array_equal(a, train.batch_indices(4, 0, 50, 7, 100)))
+    self.assertFalse(np.array_equal(a, data.batch_indices(4, 0, 50, 7, 100)))
 
   def test_each_epoch_is_a_permutation(self):
-    idx = train.batch_indices(0, 0, 10, 10, 50).ravel()  # exactly 2 epochs
+    idx = data.batch_indices(0, 0, 10, 10, 50).ravel()  # exactly 2 epochs
     np.testing.assert_array_equal(np.sort(idx[:50]), np.arange(50))
     np.testing.assert_array_equal(np.sort(idx[50:]), np.arange(50))
 
@@ -70,7 +70,8 @@ class LoopTest(chex.TestCase):
     full, _ = train.train_and_evaluate(small_config(300), full_dir, ds, log=lambda s: None)
     train.train_and_evaluate(small_config(200), split_dir, ds, log=lambda s: None)  # "killed"
     logs = []
-    resumed, _ = train.train_and_evaluate(small_config(300), split_dir, ds, log=logs.append)
+    resumed, _ = train.train_and_evaluate(small_config(300), split_dir, ds, log=logs.append,
+                                          allow_extend=True)
     self.assertIn("resumed from step 200", logs[0])
     chex.assert_trees_all_equal(full.params, resumed.params)
     chex.assert_trees_all_equal(full.rng, resumed.rng)

@@ -99,11 +99,8 @@ def capacity_used(owners: PyTree, num_tasks: int, predicate: ParamPredicate = we
 
 def free_counts(owners: PyTree, predicate: ParamPredicate = weights_only) -> dict[str, int]:
   """Number of free weights per prunable leaf (by path)."""
-  out = {}
-  for path, o in jax.tree_util.tree_flatten_with_path(owners)[0]:
-    if predicate(*transform._path_names(path), tuple(np.shape(o))):
-      out[jax.tree_util.keystr(path)] = int(np.count_nonzero(np.asarray(o) == 0))
-  return out
+  return {f"{module}/{name}": int(np.count_nonzero(np.asarray(o) == 0))
+          for module, name, o in transform.selected_leaves(owners, predicate)}
 
 
 def as_jnp(tree: PyTree) -> PyTree:

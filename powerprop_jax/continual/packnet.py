@@ -27,15 +27,17 @@ import ml_collections
 import numpy as np
 
 from powerprop_jax import checkpoint as checkpoint_lib
-from powerprop_jax import models, train, transform
+from powerprop_jax import config as config_lib
+from powerprop_jax import masks as masks_lib
+from powerprop_jax import metrics as metrics_lib
+from powerprop_jax import models, optim, train, transform
 from powerprop_jax.continual import assignment
 from powerprop_jax.continual import tasks as tasks_lib
-from powerprop_jax.data import Dataset
+from powerprop_jax.data import base as data_base
+from powerprop_jax.data.base import Dataset
 from powerprop_jax.sparsity import base as sparse_base
 
 PyTree = Any
-METHODS = ("packnet", "efficient_packnet")
-SCOPES = ("layerwise", "global")
 
 
 class ContinualResult(NamedTuple):
@@ -51,93 +53,22 @@ class ContinualResult(NamedTuple):
   owners_after_task: list[PyTree]  # owners after each task trained in this call
 
 
-def keep_grid(min_keep: float, num: int) -> np.ndarray:
-  """Ascending keep fractions geomspace(min_keep, 1, num) (the last one is 1: always met)."""
-  if not 0.0 < min_keep <= 1.0 or num < 1:
-    raise ValueError(f"keep grid needs min_keep_fraction in (0, 1] and num_keep_fractions "
-                     f">= 1, got {min_keep}, {num}")
-  return np.geomspace(min_keep, 1.0, num)
-
-
-def validate_config(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the bad field and its valid range."""
-  if c.method not in METHODS:
-    raise ValueError(f"continual.method must be one of {METHODS}, got {c.method!r}")
-  if not 0.0 < float(c.gamma) <= 1.0:
-    raise ValueError(f"continual.gamma must be in (0, 1], got {c.gamma}")
-  if not 0.0 < float(c.prune_fraction) < 1.0:
-    raise ValueError(f"continual.prune_fraction must be in (0, 1), got {c.prune_fraction}")
-  if int(c.num_tasks) < 1:
-    raise ValueError(f"continual.num_tasks must be >= 1, got {c.num_tasks}")
-  if int(c.steps_per_task) < 1 or int(c.finetune_steps) < 0:
-    raise ValueError(f"continual.steps_per_task must be >= 1 and finetune_steps >= 0, got "
-                     f"{c.steps_per_task}, {c.finetune_steps}")
-  keep_grid(float(c.min_keep_fraction), int(c.num_keep_fractions))
-  _check_scope(c.get("scope", "layerwise"))
-
-
-def _check_scope(scope: str) -> None:
-  if scope not in SCOPES:
-    raise ValueError(f"continual.scope must be 'layerwise' or 'global', got {scope!r}")
-
-
-def _passthrough() -> sparse_base.SparsityMethod:
-  """Masks set from outside (in the SparseState) and never changed by the method."""
-  def init(params):
-    ones = jax.tree_util.tree_map(lambda p: jnp.ones(jnp.shape(p), bool), params)
-    return sparse_base.MaskUpdate(params, ones, ones, ())
-  def update(params, dense_grads, masks, grad_masks, state, step):
-    del dense_grads, step
-    return sparse_base.MaskUpdate(params, masks, grad_masks, state)
-  return sparse_base.SparsityMethod(init, update)
-
-
 def _permuted_batch(data, idx):
   """data = (Dataset, perm): images (B, D)[:, perm], gathered on device."""
   dataset, perm = data
   return {"image": dataset.images[idx][:, perm], "label": dataset.labels[idx]}
 
 
-def make_keep_fn(weights: PyTree, candidates: PyTree, scope: str,
-                 predicate: transform.ParamPredicate) -> Callable[[float], PyTree]:
-  """``keep(fraction)``: the candidates (weights trained on the current task) to keep.
-
-  scope "layerwise": per prunable leaf, the top round(fraction * n_candidates) by |w|;
-  "global": the top round(fraction * n_candidates_total) over all prunable leaves together.
-  Ties go to the lower (flat, then leaf) index. Non-prunable leaves are all True. The sort is
-  done once, so trying many fractions is cheap.
-  """
-  _check_scope(scope)
-  leaves, treedef = jax.tree_util.tree_flatten(weights)
-  chosen = jax.tree_util.tree_leaves(transform.selected(weights, predicate))
-  cands = [np.asarray(c, bool).ravel() for c in jax.tree_util.tree_leaves(candidates)]
-  scores = [np.where(c, np.abs(np.asarray(w, np.float32)).ravel(), -1.0)
-            for w, c in zip(leaves, cands)]
-  idx = [i for i, c in enumerate(chosen) if c]
-  if scope == "layerwise":
-    orders = {i: np.argsort(-scores[i], kind="stable")[:int(cands[i].sum())] for i in idx}
-  else:
-    flat = np.concatenate([scores[i] for i in idx])
-    order = np.argsort(-flat, kind="stable")[:int(sum(cands[i].sum() for i in idx))]
-    offsets = np.cumsum([0] + [scores[i].size for i in idx])
-
-  def keep(fraction: float) -> PyTree:
-    out = [np.ones(np.shape(w), bool) for w in leaves]
-    for i in idx:
-      out[i] = np.zeros(scores[i].size, bool)
-    if scope == "layerwise":
-      for i in idx:
-        out[i][orders[i][:int(round(fraction * orders[i].size))]] = True
-    else:
-      top = order[:int(round(fraction * order.size))]
-      for n, i in enumerate(idx):
-        sel = top[(top >= offsets[n]) & (top < offsets[n + 1])]
-        out[i][sel - offsets[n]] = True
-    for i in idx:
-      out[i] = out[i].reshape(np.shape(leaves[i]))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-  return keep
+def choose_keep_fraction(fractions: np.ndarray, accuracy_at: Callable[[float], float],
+                         target: float) -> tuple[float, float]:
+  """EfficientPackNet's search: the first (sparsest) fraction of the ascending grid whose
+  accuracy meets ``target`` (= gamma * P); the last fraction if none does. Returns
+  (fraction, its accuracy)."""
+  for fraction in fractions:
+    accuracy = accuracy_at(float(fraction))
+    if accuracy >= target:
+      return float(fraction), accuracy
+  return float(fractions[-1]), accuracy
 
 
 def _union(a: PyTree, b: PyTree) -> PyTree:
@@ -149,12 +80,15 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
                   ) -> ContinualResult:
   """Trains ``config.continual.num_tasks`` Permuted-MNIST tasks in sequence.
 
-  With ``workdir``, a checkpoint is written after every task and a rerun resumes at the next
-  untrained task.
+  Each phase (train, fine-tune) runs through the training loop's pieces
+  (``train.init_state``, one compiled ``train.make_chunk_fn`` step, ``train.run_steps``)
+  with ``sparse_optimizer(inner, fixed_masks(forward, grad))``; every phase starts a fresh
+  optimizer state, so a schedule restarts per phase. With ``workdir``, a checkpoint is
+  written after every task and a rerun resumes at the next untrained task.
   """
   c = config.continual
-  validate_config(c)
-  reparam = train.Reparam(transform.validate_alpha(config.alpha))
+  config_lib.validate_continual(c)
+  reparam = transform.Reparam(transform.validate_alpha(config.alpha))
   pred = reparam.predicate
   n_tasks, seed = int(c.num_tasks), int(config.seed)
   batch, chunk = int(config.train.batch_size), int(config.train.chunk_steps)
@@ -174,19 +108,28 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
   rec = {k: np.full((n_tasks,), np.nan) for k in ("keep", "dense_val", "pruned_val")}
   start_task = 0
   ckpt = checkpoint_lib.Checkpointer(workdir) if workdir else None
-  if ckpt is not None and ckpt.latest_step() is not None:
+  if ckpt is not None:
     target = {"params": params, "net_state": net_state, "owners": owners, "acc": acc, **rec}
-    got = ckpt.restore(target)
-    params, net_state, acc = got["params"], got["net_state"], np.asarray(got["acc"])
-    owners = jax.tree_util.tree_map(lambda o: np.asarray(o, np.int32), got["owners"])
-    rec = {k: np.asarray(got[k]) for k in rec}
-    start_task = int(ckpt.latest_step())
-    log(f"resumed after task {start_task - 1} from {workdir}")
+    got, step = ckpt.restore_latest_intact(target, log, allow_nonfinite=("acc", *rec))
+    if got is not None:
+      params, net_state, acc = got["params"], got["net_state"], np.asarray(got["acc"])
+      owners = jax.tree_util.tree_map(lambda o: np.asarray(o, np.int32), got["owners"])
+      rec = {k: np.asarray(got[k]) for k in rec}
+      start_task = int(step)
+      log(f"resumed after task {start_task - 1} from {workdir}")
+  writer = (metrics_lib.MetricsWriter(workdir, start_step=start_task) if workdir
+            else None)
 
-  # Every phase (train, fine-tune) starts a fresh optimizer state: a schedule restarts per phase.
-  tx = sparse_base.sparse_optimizer(
-      train.make_optimizer(config.optimizer, int(c.steps_per_task)), _passthrough())
-  chunk_fn = train.make_chunk_fn(train.make_train_step(model, tx, reparam), _permuted_batch)
+  inner = optim.make_optimizer(config.optimizer, int(c.steps_per_task))
+
+  def optimizer(fwd: PyTree, grad: PyTree):
+    return sparse_base.sparse_optimizer(
+        inner, sparse_base.fixed_masks(assignment.as_jnp(fwd), assignment.as_jnp(grad)))
+
+  # fixed_masks' update reads the masks from the state: one compiled step serves every phase.
+  all_true = jax.tree_util.tree_map(lambda p: np.ones(np.shape(p), bool), params)
+  chunk_fn = train.make_chunk_fn(
+      train.make_train_step(model, optimizer(all_true, all_true), reparam), _permuted_batch)
   evaluate = train.make_eval_fn(model, reparam)
   device_train = jax.device_put(datasets["train"])
   n_train = len(datasets["train"].labels)
@@ -197,27 +140,26 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
       cache[(name, t)] = jax.device_put(tasks_lib.permute(datasets[name], stream[t]))
     return cache[(name, t)]
 
-  grid = keep_grid(float(c.min_keep_fraction), int(c.num_keep_fractions))
+  grid = masks_lib.keep_fractions(float(c.min_keep_fraction), int(c.num_keep_fractions))
   params_after, owners_after = [], []
 
-  def run_phase(params, net_state, fwd, grad, steps, phase_seed):
-    opt_state = tx.init(params)._replace(masks=assignment.as_jnp(fwd),
-                                         grad_masks=assignment.as_jnp(grad))
-    state = train.TrainState(jnp.zeros([], jnp.int32), params, net_state, opt_state,
+  def run_phase(task, params, net_state, fwd, grad, steps, phase_seed):
+    state = train.init_state(optimizer(fwd, grad), params, net_state,
                              jax.random.PRNGKey(phase_seed))
-    state = jax.tree_util.tree_map(jnp.copy, state)
-    data = (device_train, jnp.asarray(stream_t.permutation))
-    s, metrics = 0, {}
-    while s < steps:
-      k = min(chunk, steps - s)
-      idx = train.batch_indices(phase_seed, s, k, batch, n_train)
-      state, metrics = chunk_fn(state, data, idx)
-      s += k
-    return state.params, state.net_state, {n: float(v) for n, v in metrics.items()}
+    phase_input = train.TrainInput(
+        (device_train, jnp.asarray(stream[task].permutation)), _permuted_batch,
+        lambda s, k: data_base.batch_indices(phase_seed, s, k, batch, n_train))
+    last: dict[str, float] = {}
+
+    def on_chunk(state, k, metrics):
+      del state, k
+      last.update({n: float(np.mean(v)) for n, v in metrics.items()})
+
+    state = train.run_steps(state, chunk_fn, phase_input, steps, chunk, on_chunk)
+    return state.params, state.net_state, last
 
   for t in range(start_task, n_tasks):
     t0 = time.time()
-    stream_t = stream[t]
     if t > 0:
       free = assignment.free_counts(owners, pred)
       empty = [name for name, n in free.items() if n == 0]
@@ -231,32 +173,35 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
       params = jax.tree_util.tree_map(
           lambda f, c_, n, o: jnp.where(f, n, o) if c_ else o, free_m, chosen, new_v, params)
     fwd, grad = assignment.train_masks(owners, t, pred)
-    params, net_state, m = run_phase(params, net_state, fwd, grad, int(c.steps_per_task),
+    params, net_state, m = run_phase(t, params, net_state, fwd, grad, int(c.steps_per_task),
                                      seed * 100_003 + 2 * t)
     val = split("validation", t)
     dense = evaluate(params, net_state, val, fwd)
+    chosen = transform.selected(params, pred)
     # Candidates: the weights trained on t (free prunable weights).
-    candidates = jax.tree_util.tree_map(lambda g, c_: np.asarray(g) & c_, grad,
-                                        transform.selected(params, pred))
+    candidates = jax.tree_util.tree_map(lambda g, c_: np.asarray(g) & c_, grad, chosen)
     older = jax.tree_util.tree_map(lambda o: (np.asarray(o) >= 1) & (np.asarray(o) <= t),
                                    owners)
     weights = transform.effective_params(params, reparam.alpha, pred)
-    keep_fn = make_keep_fn(weights, candidates, c.get("scope", "layerwise"), pred)
-    nonprunable_true = jax.tree_util.tree_map(lambda c_, o: np.full(np.shape(o), not c_),
-                                              transform.selected(owners, pred), owners)
+    nonprunable = jax.tree_util.tree_map(lambda c_, o: np.full(np.shape(o), not c_),
+                                         chosen, owners)
+
+    def keep_at(fraction: float) -> PyTree:
+      """The top ``fraction`` of the weights trained on t, by |w| (scope: continual.scope)."""
+      keep = masks_lib.magnitude_masks(weights, 1.0 - fraction, c.scope, pred, candidates)
+      return jax.tree_util.tree_map(lambda k_, c_: np.asarray(k_) & c_, keep, chosen)
+
+    def accuracy_at(fraction: float) -> float:
+      mask = _union(_union(older, keep_at(fraction)), nonprunable)
+      return evaluate(params, net_state, val, mask)
+
     if c.method == "packnet":
       fraction = 1.0 - float(c.prune_fraction)
-      keep = keep_fn(fraction)
-      pruned = evaluate(params, net_state, val, _union(_union(older, keep), nonprunable_true))
+      pruned = accuracy_at(fraction)
     else:
-      for fraction in grid:
-        keep = keep_fn(float(fraction))
-        pruned = evaluate(params, net_state, val,
-                          _union(_union(older, keep), nonprunable_true))
-        if pruned >= float(c.gamma) * dense:
-          break
+      fraction, pruned = choose_keep_fraction(grid, accuracy_at, float(c.gamma) * dense)
+    keep = keep_at(fraction)
     owners = assignment.assign(owners, keep, t, pred)
-    chosen = transform.selected(params, pred)
     # Weights trained on t but not kept: zeroed and free (re-initialised by the next task).
     params = jax.tree_util.tree_map(
         lambda p, c_, cand, k: jnp.where(cand & ~k, jnp.zeros_like(p), p) if c_ else p,
@@ -266,7 +211,7 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
       grad_ft = jax.tree_util.tree_map(
           lambda o, c_: (np.asarray(o) == t + 1) if c_ else np.full(np.shape(o), t == 0),
           owners, chosen)
-      params, net_state, _ = run_phase(params, net_state, fwd_ft, grad_ft,
+      params, net_state, _ = run_phase(t, params, net_state, fwd_ft, grad_ft,
                                        int(c.finetune_steps), seed * 100_003 + 2 * t + 1)
     rec["keep"][t], rec["dense_val"][t], rec["pruned_val"][t] = fraction, dense, pruned
     for j in range(t + 1):
@@ -279,9 +224,17 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
         f"P_s={pruned:.4f} keep={fraction:.4f} capacity={cap[t]:.4f} "
         f"(total {sum(cap):.4f}) test_acc[{t}]=" +
         " ".join(f"{a:.4f}" for a in acc[t, :t + 1]) + f" [{time.time() - t0:.1f}s]")
+    if writer is not None:
+      writer.write({"step": t + 1, "task": t, "train_accuracy": m.get("accuracy", np.nan),
+                    "dense_validation_accuracy": dense, "pruned_validation_accuracy": pruned,
+                    "keep_fraction": fraction, "capacity_used": cap[t],
+                    "total_capacity": float(sum(cap)),
+                    "average_accuracy": float(np.mean(acc[t, :t + 1]))})
     if ckpt is not None:
       ckpt.save(t + 1, {"params": params, "net_state": net_state, "owners": owners,
                         "acc": acc, **rec})
+  if writer is not None:
+    writer.close()
   if ckpt is not None:
     ckpt.close()
   return ContinualResult(acc, assignment.capacity_used(owners, n_tasks, pred),

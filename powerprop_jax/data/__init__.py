@@ -6,16 +6,18 @@ from typing import Callable
 
 import ml_collections
 
+from powerprop_jax.data.base import (DataError, Dataset, DataSplits, batch_indices,
+                                     epoch_permutation, gather_batch, local_batches,
+                                     padded_batches)
+from powerprop_jax.data.checks import check_split
 from powerprop_jax.data.cifar import load_cifar10
-from powerprop_jax.data.mnist import DataError, Dataset, load_mnist, read_idx
+from powerprop_jax.data.mnist import load_mnist, read_idx
 
-# name -> loader(data_config) -> {"train", "validation", "test"} Datasets
+# name -> loader(data_config) -> {"train", "validation", "test"} Datasets. Fields are read
+# directly: their defaults live in powerprop_jax/config.py and nowhere else.
 LOADERS: dict[str, Callable[[ml_collections.ConfigDict], dict[str, Dataset]]] = {
-    "mnist": lambda c: load_mnist(c.get("source", "auto"), c.get("dir", ""),
-                                  c.get("num_validation", 5000)),
-    "cifar10": lambda c: load_cifar10(c.get("source", "npz"), c.get("dir", ""),
-                                      c.get("file", "cifar10_jpeg_subset.npz"),
-                                      c.get("num_validation", 1000)),
+    "mnist": lambda c: load_mnist(c.source, c.dir, c.num_validation),
+    "cifar10": lambda c: load_cifar10(c.source, c.dir, c.file, c.num_validation),
 }
 
 
@@ -26,5 +28,12 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Dataset]:
   return LOADERS[config.name](config)
 
 
-__all__ = ["DataError", "Dataset", "LOADERS", "load_cifar10", "load_datasets", "load_mnist",
-           "read_idx"]
+def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
+  """A run's inputs: in-memory splits, or streams for ImageNet (see ``data.inputs``)."""
+  from powerprop_jax.data import inputs  # pylint: disable=g-import-not-at-top
+  return inputs.load_splits(config)
+
+
+__all__ = ["DataError", "Dataset", "DataSplits", "LOADERS", "batch_indices", "check_split",
+           "epoch_permutation", "gather_batch", "load_cifar10", "load_datasets", "load_mnist",
+           "load_splits", "local_batches", "padded_batches", "read_idx"]

@@ -1,10 +1,12 @@
 """MNIST with the official Powerpropagation split: 55k train, last 5k of train held out, 10k test.
 
 Two sources give identical arrays:
-* ``"tfds"``: ``tfds.data_source("mnist")`` (downloads where a network exists);
+* ``"tfds"``: ``tfds.data_source("mnist")``, prepared beforehand (never downloads);
 * ``"idx"``: the four original IDX files (gzipped or not) in a directory.
-``"auto"`` picks ``idx`` when ``data_dir`` holds the IDX files, else tfds.
-Images come out flattened to (N, 784) float32 in [0, 1]; labels (N,) int32.
+``"auto"`` means ``idx`` whenever ``data_dir`` is set (missing IDX files are an error, never a
+silent download) and tfds only when it is ``""``. Every split is checked as it loads
+(``checks.check_split``). Images come out flattened to (N, 784) float32 in [0, 1]; labels (N,)
+int32.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from typing import NamedTuple
+import zlib
 
 import numpy as np
+
+from powerprop_jax.data.base import DataError, Dataset
+from powerprop_jax.data.checks import check_num_validation, check_split
+
+NUM_CLASSES = 10
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -22,15 +29,6 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(ValueError):
-  """A data set that cannot be found or read; the message is one line for the user."""
-
-
-class Dataset(NamedTuple):
-  images: np.ndarray   # (N, ...) float32
-  labels: np.ndarray   # (N,) int32
 
 
 def _find_idx(data_dir: str, stem: str) -> str | None:
@@ -47,8 +45,10 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
-    raise DataError(f"cannot read IDX file {path}: {e}") from None
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise DataError(f"cannot read IDX file {path} ({type(e).__name__}: {first}); it is "
+                    f"truncated, corrupt or unreadable: re-copy it") from None
   if len(raw) < 4:
     raise DataError(f"{path} is not an IDX file: {len(raw)} bytes")
   zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
@@ -58,11 +58,12 @@ def read_idx(path: str) -> np.ndarray:
   shape = struct.unpack(">" + "I" * ndim, raw[4:header])
   if len(raw) - header != int(np.prod(shape)):
     raise DataError(f"{path} is truncated or corrupt: header says shape {shape}, "
-                    f"found {len(raw) - header} data bytes")
+                    f"found {len(raw) - header} data bytes; re-copy it")
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
 def has_idx_files(data_dir: str) -> bool:
+  """Whether ``data_dir`` holds all four IDX files (gzipped or not)."""
   return bool(data_dir) and all(_find_idx(data_dir, s) for s in IDX_FILES.values())
 
 
@@ -71,13 +72,9 @@ def _load_idx(data_dir: str) -> dict[str, np.ndarray]:
     raise DataError(f"MNIST data dir {data_dir!r} does not exist")
   missing = [s for s in IDX_FILES.values() if _find_idx(data_dir, s) is None]
   if missing:
-    raise DataError(f"MNIST data dir {data_dir!r} lacks IDX files: {', '.join(missing)}")
-  arrays = {k: read_idx(_find_idx(data_dir, s)) for k, s in IDX_FILES.items()}
-  for split in ("train", "test"):
-    n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
-    if n_img != n_lab:
-      raise DataError(f"MNIST {split}: {n_img} images but {n_lab} labels in {data_dir!r}")
-  return arrays
+    raise DataError(f"MNIST data dir {data_dir!r} lacks IDX files: {', '.join(missing)} "
+                    f"(.gz or not); put all four there, or set data.dir='' to use tfds")
+  return {k: read_idx(_find_idx(data_dir, s)) for k, s in IDX_FILES.items()}
 
 
 def _as_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
@@ -92,18 +89,24 @@ def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5
   if data_dir and not os.path.isdir(data_dir):
     raise DataError(f"MNIST data dir {data_dir!r} does not exist")
   if source == "auto":
-    source = "idx" if has_idx_files(data_dir) else "tfds"
+    source = "idx" if data_dir else "tfds"
   if source == "idx":
-    arrays = _load_idx(data_dir)
+    if not data_dir:
+      raise DataError("data.source='idx' needs data.dir: set --config.data.dir=DIR holding "
+                      "the four MNIST IDX files")
+    arrays, where = _load_idx(data_dir), f"MNIST IDX dir {data_dir!r}"
   elif source == "tfds":
     from powerprop_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     arrays = tfds_source.load_arrays("mnist", data_dir,
-                                     "offline, pass --config.data.dir=DIR holding the IDX files")
+                                     "offline, set data.dir=DIR holding the four IDX files")
+    where = "tfds mnist"
   else:
     raise DataError(f"data.source must be 'auto', 'idx' or 'tfds', got {source!r}")
+  check_split("train", arrays["train_images"], arrays["train_labels"], NUM_CLASSES, where)
+  check_split("test", arrays["test_images"], arrays["test_labels"], NUM_CLASSES, where,
+              image_shape=arrays["train_images"].shape[1:])
   n = len(arrays["train_images"])
-  if not 0 <= num_validation < n:
-    raise DataError(f"num_validation must be in [0, {n}), got {num_validation}")
+  check_num_validation(num_validation, n, where)
   cut = n - num_validation
   return {
       "train": _as_dataset(arrays["train_images"][:cut], arrays["train_labels"][:cut]),

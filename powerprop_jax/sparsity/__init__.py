@@ -3,18 +3,18 @@
 ``--config.sparsity.method`` = none | oneshot | gradual | topkast | rigl | set.
 """
 
-from powerprop_jax.sparsity import builders  # registers the methods  # noqa: F401
-from powerprop_jax.sparsity import distributions, schedules
+from powerprop_jax.sparsity import builders, distributions, schedules
 from powerprop_jax.sparsity.base import (MaskUpdate, SparseState, SparsityMethod,
                                          find_sparse_state, fixed_masks, forward_params,
-                                         initial_params, masked_optimizer, sparse_optimizer)
+                                         masked_optimizer, sparse_optimizer)
 from powerprop_jax.sparsity.magnitude import gradual_pruning, oneshot_pruning
-from powerprop_jax.sparsity.registry import build_method, methods, register
+from powerprop_jax.sparsity.builders import METHODS, build_method
 from powerprop_jax.sparsity.rigl import drop_and_grow, rigl, set_method
 from powerprop_jax.sparsity.topkast import top_kast
 
-__all__ = ["MaskUpdate", "SparseState", "SparsityMethod", "build_method", "distributions",
+__all__ = ["METHODS", "MaskUpdate", "SparseState", "SparsityMethod", "build_method",
+           "builders", "distributions",
            "drop_and_grow", "find_sparse_state", "fixed_masks", "forward_params",
-           "gradual_pruning", "initial_params", "masked_optimizer", "methods",
-           "oneshot_pruning", "register", "rigl", "schedules", "set_method",
+           "gradual_pruning", "masked_optimizer",
+           "oneshot_pruning", "rigl", "schedules", "set_method",
            "sparse_optimizer", "top_kast"]

@@ -72,8 +72,9 @@ def sparse_optimizer(inner: optax.GradientTransformation, method: SparsityMethod
                      ) -> optax.GradientTransformationExtraArgs:
   """Wraps ``inner`` so that params follow the masks ``method`` maintains.
 
-  ``init(params)`` must receive the params the training starts from; params pruned by the
-  method at init are obtained with :func:`initial_params`.
+  ``init(params)`` runs ``method.init`` once; the model's forward pass multiplies by the
+  masks from the start (:func:`forward_params`), and the first ``update`` sets the stored
+  params to the method's (e.g. zero outside a random RigL mask).
   """
   inner = optax.with_extra_args_support(inner)
 
@@ -110,11 +111,6 @@ def sparse_optimizer(inner: optax.GradientTransformation, method: SparsityMethod
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def initial_params(params: PyTree, method: SparsityMethod) -> PyTree:
-  """The params training starts from under ``method`` (e.g. pruned to a random mask)."""
-  return method.init(params).params
-
-
 def find_sparse_state(opt_state: optax.OptState) -> Optional[SparseState]:
   """The SparseState inside ``opt_state`` (searching through chains), or None."""
   leaves = jax.tree_util.tree_leaves(
@@ -131,12 +127,21 @@ def forward_params(params: PyTree, opt_state: optax.OptState) -> PyTree:
   return params if sparse is None else masks_lib.apply_masks(params, sparse.masks)
 
 
-def fixed_masks(masks: PyTree) -> SparsityMethod:
-  """A method with constant masks: pruned entries are zeroed and stay exactly zero."""
+def fixed_masks(masks: PyTree, grad_masks: Optional[PyTree] = None) -> SparsityMethod:
+  """A method with constant masks: pruned entries are zeroed and stay exactly zero.
+
+  ``grad_masks`` (default: ``masks``) restricts where updates apply, e.g. continual
+  learning trains only the free weights while earlier tasks' weights are used frozen.
+  ``update`` reads the masks from the optimizer state, never from this closure, so one
+  compiled train step serves every ``fixed_masks`` state.
+  """
+  grad_masks = masks if grad_masks is None else grad_masks
 
   def init(params):
-    masks_lib.check_masks(params, masks)
-    return MaskUpdate(masks_lib.apply_masks(params, masks), masks, masks, ())
+    fwd = masks_lib.match_structure(masks, params)
+    grad = masks_lib.match_structure(grad_masks, params)
+    masks_lib.check_masks(params, grad)
+    return MaskUpdate(masks_lib.apply_masks(params, fwd), fwd, grad, ())
 
   def update(params, dense_grads, current, grad_masks, state, step):
     del dense_grads, step

@@ -4,7 +4,9 @@ Both return exact per-layer *keep counts* (Python ints, keyed by module name) fo
 predicate-selected leaves, so masks built from them hit their targets exactly.
 
 * uniform: every prunable layer not listed dense keeps round((1 - S) * n_l) (the RigL and
-  Top-KAST convention; with dense layers the total sparsity is below S).
+  Top-KAST convention; with dense layers the total sparsity is below S). The official
+  Powerpropagation notebook truncates instead (int(p * n)); the two counts are at most one
+  weight apart.
 * erk: density_l = eps * (sum of dims_l) / (prod of dims_l), eps chosen so the total kept is
   round((1 - S) * N) exactly; a layer whose density would exceed 1 is made dense and eps is
   re-solved for the rest (RigL's ``erdos_renyi_kernel``). Counts are rounded by largest
@@ -28,13 +30,9 @@ DISTRIBUTIONS = ("uniform", "erk")
 
 def prunable_layers(params: PyTree, predicate: transform.ParamPredicate = transform.weights_only
                     ) -> dict[str, tuple[int, ...]]:
-  """{module_name: shape} of the selected leaves, in pytree order."""
-  out = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    module, name = transform._path_names(path)
-    if predicate(module, name, tuple(np.shape(x))):
-      out[module if module not in out else f"{module}/{name}"] = tuple(np.shape(x))
-  return out
+  """{module_name: shape} of the selected leaves, in pytree order (``module/name`` for a
+  module's second selected parameter)."""
+  return transform.layer_shapes(params, predicate)
 
 
 def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str],
@@ -44,10 +42,8 @@ def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str]
   "first"/"last" follow ``layer_order`` (module names in the order the model creates them,
   see ``models.creation_order``) where given, else ``names``' (pytree, i.e. sorted) order.
   """
-  position = {n: i for i, n in enumerate(layer_order)}
   # a name is a module, or "module/param" where one module has several prunable params
-  names = sorted(names, key=lambda n: position.get(n, position.get(n.rsplit("/", 1)[0],
-                                                                   len(position))))
+  names = transform.order_layers(names, layer_order)
   if isinstance(dense_layers, str):
     dense_layers = [d.strip() for d in dense_layers.split(",") if d.strip()]
   out = set()
@@ -131,7 +127,7 @@ def counts_tree(params: PyTree, counts: dict[str, int],
   """The params tree with each prunable leaf replaced by its keep count and every other
   leaf by -1 (never pruned): static ints zipped with params by ``jax.tree_util.tree_map``."""
   def count(path, x):
-    module, name = transform._path_names(path)
+    module, name = transform.leaf_names(path)
     if not predicate(module, name, tuple(np.shape(x))):
       return -1
     return counts[module] if module in counts else counts[f"{module}/{name}"]

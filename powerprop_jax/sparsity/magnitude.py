@@ -3,6 +3,9 @@
 Under Powerpropagation the stored params are v and w = sign(v)|v|^alpha; |v| and |w| rank
 identically, so masks are computed from the stored params. Pruned weights are set to exactly 0
 and stay there (grad_masks = masks).
+
+A layer of n weights at sparsity s keeps round((1 - s) n) weights: the official notebook
+truncates (int(p n)), which can keep one weight fewer; the two never differ by more than one.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
   Args:
     counts: params-shaped tree of final keep counts (-1 for leaves never pruned), e.g. from
       ``distributions.counts_tree``.
-    begin_step, end_step, update_every: masks are recomputed at begin, begin + every, ...,
-      end; layer l keeps round(n_l (1 - s_l(t))) with s_l(t) the cubic schedule from
-      ``initial_sparsity`` to the layer's final sparsity 1 - counts_l / n_l.
+    begin_step, end_step, update_every: masks are recomputed at begin, begin + every, ...
+      and at end itself (also when end - begin is not a multiple of update_every), so the
+      final sparsity holds from end_step on; layer l keeps round(n_l (1 - s_l(t))) with
+      s_l(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 the cubic schedule from
+      ``initial_sparsity`` s_i to the layer's final sparsity s_f = 1 - counts_l / n_l.
       begin == end gives one-shot pruning at that step.
   """
 
@@ -57,7 +62,8 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
 
   def update(params, dense_grads, masks, grad_masks, state, step):
     del dense_grads, grad_masks
-    masks = jax.lax.cond(schedules.is_update_step(step, begin_step, end_step, update_every),
+    masks = jax.lax.cond(schedules.is_update_step(step, begin_step, end_step, update_every,
+                                                  include_end=True),
                          lambda: prune(params, masks, step), lambda: masks)
     return MaskUpdate(masks_lib.apply_masks(params, masks), masks, masks, state)
 

@@ -3,13 +3,18 @@
 Masks start random with exact per-layer counts (e.g. ERK). At every ``update_every`` steps up
 to ``end_step``, per layer, with f_t = drop_fraction * (1 + cos(pi t / end_step)) / 2:
 * drop k = floor(f_t * n_active) active weights with the smallest |w|;
-* grow k weights outside the surviving set: RigL by the largest dense gradient |dL/dw| (the
-  loop passes the gradient w.r.t. the effective weights, defined at zero weights too), SET at
-  random. The active count never changes; grown weights' momentum is reset (by the wrapper).
+* grow k weights outside the surviving set (a weight just dropped may be chosen again): RigL
+  by the largest dense gradient |dL/dw| (the loop passes the gradient w.r.t. the effective
+  weights, defined at zero weights too), SET at random. The active count never changes.
+* as in RigL's reference code, only weights that were *inactive before the update* are
+  (re)initialised (``grow_init`` below) and have their optimizer state (momentum) reset (by
+  the wrapper in :mod:`.base`, where new grad_masks & ~old grad_masks); a weight that was
+  active, dropped and grown back in the same update keeps its value and its momentum.
 
 Under Powerpropagation the stored params are v, magnitudes |v| (same order as |w|), gradients
 g_w = dL/dw. A weight grown at v = 0 can never move for alpha > 1 (dw/dv = 0 there), so
 ``grow_init`` chooses where it starts:
+* "auto" (the default): "zero" for alpha == 1, "min_active" for alpha > 1;
 * "zero": v = 0 (plain RigL; right for alpha = 1, stuck weights for alpha > 1);
 * "min_active": v = -sign(g_w) * (smallest |v| kept in the layer), i.e. just like the weakest
   surviving weight, pointing downhill;
@@ -29,7 +34,16 @@ from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
 
 PyTree = Any
-GROW_INITS = ("zero", "min_active", "w_epsilon")
+GROW_INITS = ("auto", "zero", "min_active", "w_epsilon")
+
+
+def resolve_grow_init(grow_init: str, alpha: float) -> str:
+  """The grow rule to use: "auto" is "zero" for alpha == 1 and "min_active" for alpha > 1."""
+  if grow_init not in GROW_INITS:
+    raise ValueError(f"sparsity.grow_init must be one of {GROW_INITS}, got {grow_init!r}")
+  if grow_init == "auto":
+    return "zero" if alpha == 1.0 else "min_active"
+  return grow_init
 
 
 def _grown_values(p, g, keep, grow_init: str, alpha: float, epsilon: float):
@@ -48,17 +62,17 @@ def _grown_values(p, g, keep, grow_init: str, alpha: float, epsilon: float):
 
 
 def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_step: int,
-                  grow: str = "gradient", grow_init: str = "zero", alpha: float = 1.0,
+                  grow: str = "gradient", grow_init: str = "auto", alpha: float = 1.0,
                   epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
   """RigL (``grow="gradient"``) or SET (``grow="random"``) with per-layer keep counts.
 
-  ``counts`` is a params-shaped tree of active counts (-1 for leaves never pruned).
+  ``counts`` is a params-shaped tree of active counts (-1 for leaves never pruned);
+  ``grow_init`` one of ``GROW_INITS`` ("auto" resolves by ``alpha``, see the module doc).
   """
   if grow not in ("gradient", "random"):
     raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
-  if grow_init not in GROW_INITS:
-    raise ValueError(f"sparsity.grow_init must be one of {GROW_INITS}, got {grow_init!r}")
   alpha = transform.validate_alpha(alpha)
+  grow_init = resolve_grow_init(grow_init, alpha)
   leaves = jax.tree_util.tree_leaves(counts)
 
   def random_masks(params, key):
@@ -88,9 +102,10 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
       n_drop = jnp.floor(fraction * c).astype(jnp.int32)
       keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -jnp.inf), c - n_drop) & m
       score = jnp.abs(g) if grow == "gradient" else jax.random.uniform(k, p.shape)
-      grown = masks_lib.top_k_mask(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
+      selected = masks_lib.top_k_mask(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
+      new_m = keep | selected
+      grown = selected  # newly active: re-initialised; dropped-and-regrown keep p
       new_p = jnp.where(grown, _grown_values(p, g, keep, grow_init, alpha, epsilon), p)
-      new_m = keep | grown
       return jnp.where(new_m, new_p, jnp.zeros_like(p)), new_m
 
     pairs = jax.tree_util.tree_map(leaf, params, grads, masks, counts, keys)
@@ -110,7 +125,7 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
 
 
 def rigl(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
-         end_step: int = 0, grow_init: str = "zero", alpha: float = 1.0,
+         end_step: int = 0, grow_init: str = "auto", alpha: float = 1.0,
          epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
   """RigL: grow by the largest dense-gradient magnitude |dL/dw|."""
   return drop_and_grow(counts, drop_fraction, update_every, end_step, "gradient", grow_init,
@@ -118,7 +133,7 @@ def rigl(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
 
 
 def set_method(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
-               end_step: int = 0, grow_init: str = "zero", alpha: float = 1.0,
+               end_step: int = 0, grow_init: str = "auto", alpha: float = 1.0,
                epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
   """SET: grow uniformly at random among the inactive weights."""
   return drop_and_grow(counts, drop_fraction, update_every, end_step, "random", grow_init,

@@ -23,7 +23,13 @@ def cosine_drop_fraction(step: jax.Array, initial: float, end: int) -> jax.Array
   return jnp.where(t <= end, initial * 0.5 * (1.0 + jnp.cos(jnp.pi * t / max(end, 1))), 0.0)
 
 
-def is_update_step(step: jax.Array, begin: int, end: int, every: int) -> jax.Array:
-  """True at begin, begin + every, ... up to and including end."""
+def is_update_step(step: jax.Array, begin: int, end: int, every: int,
+                   include_end: bool = False) -> jax.Array:
+  """True at begin, begin + every, ... up to and including end.
+
+  ``include_end``: ``end`` itself is an update step even when ``end - begin`` is not a
+  multiple of ``every`` (so a schedule's final value is applied exactly at ``end``).
+  """
   step = jnp.asarray(step)
-  return (step >= begin) & (step <= end) & ((step - begin) % every == 0)
+  on_grid = (step >= begin) & (step <= end) & ((step - begin) % every == 0)
+  return (on_grid | (step == end)) if include_end else on_grid

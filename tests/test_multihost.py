@@ -1,0 +1,83 @@
+"""Two real JAX processes on localhost (CPU collectives over gloo), each reading only its own
+shard of every global batch, train a small ResNet with Powerpropagation and Top-KAST masks and
+end with the params of one process fed the same global batches; only process 0 writes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = r'''
+import json, os, sys
+import jax
+import numpy as np
+rank, world, port, workdir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+if world > 1:
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"localhost:{port}", world, rank)
+from powerprop_jax import config as config_lib, train
+from powerprop_jax.data import Dataset
+c = config_lib.base()
+c.alpha = 2.0
+c.model.update({"name": "resnet_tiny", "num_classes": 10})
+c.train.update({"steps": 4, "batch_size": 8, "chunk_steps": 2, "unroll": True,
+                "log_every": 2, "eval_every": 2, "checkpoint_every": 2, "augment": "crop_flip",
+                "eval_batch_size": 8})
+c.optimizer.update({"momentum": 0.9, "learning_rate": 0.05})
+c.sparsity.update({"method": "topkast", "level": 0.8, "dense_layers": "first,last",
+                   "update_every": 2})
+rng = np.random.default_rng(0)
+d = Dataset(rng.normal(size=(40, 16, 16, 3)).astype(np.float32),
+            rng.integers(0, 10, 40).astype(np.int32))
+logs = []
+state, _ = train.train_and_evaluate(c, workdir, {"train": d, "validation": d, "test": d},
+                                    log=logs.append)
+params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), state.params)
+leaves = jax.tree_util.tree_leaves(params)
+np.savez(out, *leaves)
+json.dump({"logs": logs, "process_count": jax.process_count()}, open(out + ".json", "w"))
+'''
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(rank, world, port, workdir, out):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.Popen([sys.executable, "-c", WORKER, str(rank), str(world), str(port),
+                           workdir, out], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+  port = _free_port()
+  procs = [_launch(r, 2, port, str(tmp_path / "multi"), str(tmp_path / f"p{r}.npz"))
+           for r in range(2)]
+  single = _launch(0, 1, 0, str(tmp_path / "single"), str(tmp_path / "single.npz"))
+  for p in procs + [single]:
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+  ref = np.load(tmp_path / "single.npz")
+  for r in range(2):
+    got = np.load(tmp_path / f"p{r}.npz")
+    assert len(got.files) == len(ref.files)
+    for k in ref.files:
+      np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-5)
+  info = [json.load(open(tmp_path / f"p{r}.npz.json")) for r in range(2)]
+  assert info[0]["process_count"] == 2
+  assert info[0]["logs"] and not info[1]["logs"]  # only process 0 logs
+  records = [json.loads(line) for line in open(tmp_path / "multi" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [2, 4]   # written once, by process 0
+  events = [f for f in os.listdir(tmp_path / "multi" / "tensorboard") if "tfevents" in f]
+  assert len(events) == 1
+  assert os.path.isdir(tmp_path / "multi" / "checkpoints" / "4")
