@@ -54,6 +54,17 @@ def run(main: Callable[[], None]) -> None:
     sys.exit(1)
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+  """``"i/n"`` -> (i, n): run every n-th item starting at i (n processes share a job)."""
+  try:
+    index, count = (int(x) for x in spec.split("/"))
+  except ValueError:
+    raise ValueError(f"--shard must be i/n with integers, got {spec!r}") from None
+  if not 0 <= index < count:
+    raise ValueError(f"--shard i/n needs 0 <= i < n, got {spec!r}")
+  return index, count
+
+
 def _unknown_field_line(error: BaseException, argv: Sequence[str]) -> str | None:
   """One line for an override naming a config field that does not exist, or None."""
   frames = traceback.extract_tb(error.__traceback__)

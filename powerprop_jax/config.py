@@ -69,7 +69,7 @@ def base() -> ml_collections.ConfigDict:
   c.sparsity.begin_step = 0
   c.sparsity.end_step = 0             # 0: 75% of training (rigl/set), all (topkast), 50% (gradual)
   c.sparsity.update_every = 100
-  c.sparsity.backward_level = -1.0    # topkast backward sparsity; < 0: the paper's 2*level-1
+  c.sparsity.backward_level = -1.0    # topkast backward sparsity; < 0: the paper's pairing
   c.sparsity.penalty = 1e-4           # topkast exploration penalty lambda
   c.sparsity.drop_fraction = 0.3      # rigl/set initial drop fraction (cosine decayed)
   c.sparsity.grow_init = "auto"       # rigl/set: auto | zero | min_active | w_epsilon
@@ -93,12 +93,16 @@ def base() -> ml_collections.ConfigDict:
   c.continual.scope = "layerwise"     # layerwise | global ranking by |w|
   c.continual.min_keep_fraction = 0.01
   c.continual.num_keep_fractions = 25
+  c.continual.stop_when_full = False  # end the stream when a layer has no free weight left
 
   c.sweep = ml_collections.ConfigDict()   # what the sweep scripts iterate over
   c.sweep.alphas = (1.0,)
   c.sweep.seeds = (0,)
   c.sweep.methods = ("none",)
   c.sweep.levels = (0.9,)
+  c.sweep.learning_rates = (0.1,)   # the study scripts tune the lr per alpha over these
+  c.sweep.gammas = (0.99,)          # continual study: EfficientPackNet tolerances
+  c.sweep.prune_fractions = (0.75,)  # continual study: PackNet baselines
   return c
 
 
@@ -190,6 +194,15 @@ def validate(config: ml_collections.ConfigDict, num_train: Optional[int] = None)
     _choice(method, "sweep.methods", sorted(builders.METHODS))
   for lv in w.levels:
     _fraction(lv, "sweep.levels", 0.0, 1.0)
+  for lr in w.learning_rates:
+    if not float(lr) > 0:
+      raise ConfigError(f"sweep.learning_rates must all be > 0, got {lr!r}")
+  for g in w.gammas:
+    if not 0.0 < float(g) <= 1.0:
+      raise ConfigError(f"sweep.gammas must be in (0, 1], got {g!r}")
+  for f in w.prune_fractions:
+    if not 0.0 < float(f) < 1.0:
+      raise ConfigError(f"sweep.prune_fractions must be in (0, 1), got {f!r}")
 
 
 def validate_continual(c: ml_collections.ConfigDict) -> None:

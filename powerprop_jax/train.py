@@ -390,12 +390,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, log: Log = _
                    ) -> dict[str, Any]:
   """What ``scripts/train.py`` runs: validate the config, join the other hosts if asked,
   load (or stream) the data, train and evaluate. Returns the final metrics record."""
-  from powerprop_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from powerprop_jax import data  # pylint: disable=g-import-not-at-top
+  from powerprop_jax.data import inputs  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize(bool(config.train.distributed))
-  config_lib.validate(config)
-  splits = data.load_splits(config)
-  config_lib.validate(config, num_train=splits.num_train)
+  splits = inputs.load_validated(config)
   train_and_evaluate(config, workdir, splits, log=log,
                      allow_changed_config=allow_changed_config, allow_extend=allow_extend)
   if jax.process_index() != 0:

@@ -16,9 +16,9 @@ import os
 from absl import flags
 import numpy as np
 
-from powerprop_jax import cli, data, results, sweep
-from powerprop_jax import config as config_lib
+from powerprop_jax import cli, results, sweep
 from powerprop_jax.continual import packnet
+from powerprop_jax.data import inputs
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -81,10 +81,7 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    config_lib.validate(config)
-    datasets = data.load_datasets(config.data)
-    config_lib.validate(config, num_train=len(datasets["train"].labels))
-    runs, rows = run_sweep(config, FLAGS.workdir, datasets)
+    runs, rows = run_sweep(config, FLAGS.workdir, inputs.load_validated(config).as_dict())
     results.write_json(os.path.join(FLAGS.workdir, "results.json"), runs)
     results.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
     plot(os.path.join(FLAGS.workdir, "capacity_and_accuracy.png"), rows,

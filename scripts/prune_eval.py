@@ -15,7 +15,6 @@ import os
 from absl import flags
 
 from powerprop_jax import cli, curves, masks, models, results, sweep, train, transform
-from powerprop_jax import config as config_lib
 from powerprop_jax.data import inputs
 
 cli.define_flags()
@@ -59,9 +58,7 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    config_lib.validate(config)
-    splits = inputs.load_splits(config)
-    config_lib.validate(config, num_train=splits.num_train)
+    splits = inputs.load_validated(config)
     rows = run_sweep(config, FLAGS.workdir, splits)
     write_results(rows, FLAGS.workdir,
                   f"{config.data.name} {config.model.name}: one-shot pruning "

@@ -6,7 +6,7 @@
 Each run trains in ``workdir/<method>_s<level>_a<alpha>_seed<seed>`` (resumed if there) with
 the method's masks in the optimizer state; the test accuracy of the final sparse model
 (forward masks applied) is the loop's ``test_accuracy``. Top-KAST uses the paper's backward
-sparsity 2 * level - 1 (80/90/95% -> 50/80/90%) unless ``sparsity.backward_level`` is set.
+sparsity (80/90/95% -> 50/80/90%, else 2 * level - 1) unless ``sparsity.backward_level`` is set.
 Writes ``results.json``, ``results.csv`` and ``accuracy_by_method.png``.
 """
 
@@ -15,7 +15,6 @@ import os
 from absl import flags
 
 from powerprop_jax import cli, masks, results, sweep, train
-from powerprop_jax import config as config_lib
 from powerprop_jax.data import inputs
 
 cli.define_flags()
@@ -53,9 +52,7 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    config_lib.validate(config)
-    splits = inputs.load_splits(config)
-    config_lib.validate(config, num_train=splits.num_train)
+    splits = inputs.load_validated(config)
     rows = sweep.run(config, FLAGS.workdir, cells(config),
                      lambda cfg, run_dir, cell: sparse_cell(cfg, run_dir, splits),
                      name=lambda c: (f"{c['sparsity.method']}_s{c['sparsity.level']:g}"

@@ -51,6 +51,7 @@ class ContinualResult(NamedTuple):
   owners: PyTree                  # int32 owners tree (0 free, t + 1 task t)
   params_after_task: list[PyTree]  # stored params after each task trained in this call
   owners_after_task: list[PyTree]  # owners after each task trained in this call
+  num_trained: int                # tasks trained (< num_tasks if the capacity ran out)
 
 
 def _permuted_batch(data, idx):
@@ -164,9 +165,13 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
       free = assignment.free_counts(owners, pred)
       empty = [name for name, n in free.items() if n == 0]
       if empty:
-        raise ValueError(f"no free weights left for task {t} of {n_tasks} in {empty}: the "
-                         f"capacity is exhausted after {t} tasks (lower gamma, raise "
-                         f"prune_fraction or train fewer tasks)")
+        message = (f"no free weights left for task {t} of {n_tasks} in {empty}: the "
+                   f"capacity is exhausted after {t} tasks")
+        if c.stop_when_full:
+          log(message + "; stopping (continual.stop_when_full)")
+          break
+        raise ValueError(message + " (lower gamma, raise prune_fraction, train fewer tasks "
+                         "or set continual.stop_when_full=True)")
       new_v, _ = fresh_params(t)
       free_m = assignment.free_mask(owners)
       chosen = transform.selected(params, pred)
@@ -240,9 +245,11 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
   return ContinualResult(acc, assignment.capacity_used(owners, n_tasks, pred),
                          [float(x) for x in rec["keep"]], [float(x) for x in rec["dense_val"]],
                          [float(x) for x in rec["pruned_val"]], params, net_state, owners,
-                         params_after, owners_after)
+                         params_after, owners_after, int(np.sum(~np.isnan(rec["keep"]))))
 
 
 def average_accuracy(acc: np.ndarray) -> float:
-  """Mean over tasks of the final row of the accuracy matrix (accuracy after all tasks)."""
-  return float(np.nanmean(acc[-1]))
+  """Mean over the tasks seen of the last trained row of the accuracy matrix (the accuracy
+  of every task after the last one trained)."""
+  trained = [i for i in range(len(acc)) if np.isfinite(acc[i]).any()]
+  return float(np.nanmean(acc[trained[-1]])) if trained else float("nan")

@@ -104,6 +104,10 @@ class DataSplits:
   sample_input: Optional[np.ndarray] = None
   num_train: int = 0
 
+  def as_dict(self) -> dict[str, Any]:
+    """{"train", "validation", "test"} (in-memory data sets)."""
+    return {"train": self.train, "validation": self.validation, "test": self.test}
+
   @classmethod
   def from_datasets(cls, datasets: dict[str, Dataset]) -> "DataSplits":
     train = datasets["train"]

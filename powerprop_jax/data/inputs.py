@@ -10,6 +10,16 @@ from powerprop_jax.data.base import DataSplits
 STREAMED = ("imagenet2012",)
 
 
+def load_validated(config: ml_collections.ConfigDict) -> DataSplits:
+  """Validates the whole config, loads the data, then checks the batch against the data set:
+  every bad value is refused before a step is taken."""
+  from powerprop_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  splits = load_splits(config)
+  config_lib.validate(config, num_train=splits.num_train)
+  return splits
+
+
 def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
   """Train/validation/test inputs of ``config.data.name``.
 

@@ -56,10 +56,14 @@ def _level(config, method: str) -> float:
   return level
 
 
+# Top-KAST's published forward -> backward sparsities (ResNet-50 on ImageNet).
+TOPKAST_BACKWARD = {0.8: 0.5, 0.9: 0.8, 0.95: 0.9}
+
+
 def topkast_backward_level(level: float) -> float:
-  """The paper's backward sparsity for a forward sparsity: 80 -> 50, 90 -> 80, 95 -> 90 %,
-  i.e. 2 * level - 1 (clipped at 0)."""
-  return max(0.0, round(2.0 * level - 1.0, 10))
+  """The paper's backward sparsity for a forward sparsity (80 -> 50, 90 -> 80, 95 -> 90 %);
+  other levels use 2 * level - 1 (which gives the 90 and 95 pairs; clipped at 0)."""
+  return TOPKAST_BACKWARD.get(round(level, 6), max(0.0, round(2.0 * level - 1.0, 10)))
 
 
 def build_oneshot(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:

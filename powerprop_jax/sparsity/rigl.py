@@ -104,7 +104,7 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
       score = jnp.abs(g) if grow == "gradient" else jax.random.uniform(k, p.shape)
       selected = masks_lib.top_k_mask(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
       new_m = keep | selected
-      grown = selected  # newly active: re-initialised; dropped-and-regrown keep p
+      grown = selected & ~m  # newly active: re-initialised; dropped-and-regrown keep p
       new_p = jnp.where(grown, _grown_values(p, g, keep, grow_init, alpha, epsilon), p)
       return jnp.where(new_m, new_p, jnp.zeros_like(p)), new_m
 

@@ -1,0 +1,173 @@
+"""Study 2: continual learning at capacity (Permuted MNIST, EfficientPackNet vs PackNet).
+
+  python scripts/study_continual.py --config=configs/study_continual.py \
+      --workdir=runs/study_continual [--phase=all|tune|runs|report] [--shard=0/2]
+
+Phases (each resumable; every stream checkpoints after each task):
+* tune: per alpha of ``sweep.alphas`` and lr of ``sweep.learning_rates``, train task 0 alone
+  (``steps_per_task`` steps) and keep the lr with the best unpruned validation accuracy P;
+* runs: EfficientPackNet per (alpha, gamma of ``sweep.gammas``) at the alpha's lr, and PackNet
+  per ``sweep.prune_fractions`` at alpha 1, every stream up to ``continual.num_tasks`` tasks or
+  until a layer has no free weight left;
+* report: tasks accommodated, capacity per task, average accuracy over the tasks seen, as
+  ``results.json``/``.csv``, ``study_continual.md`` and ``accuracy_matrices.png`` (one
+  accuracy matrix per stream) and ``capacity.png``.
+"""
+
+import json
+import os
+
+from absl import flags
+import numpy as np
+
+from powerprop_jax import cli, results, sweep
+from powerprop_jax import config as config_lib
+from powerprop_jax.continual import packnet
+from powerprop_jax.data import inputs
+
+cli.define_flags()
+flags.DEFINE_enum("phase", "all", ["all", "tune", "runs", "report"], "Which phase to run.")
+flags.DEFINE_string("shard", "0/1", "i/n: run every n-th stream starting at i.")
+FLAGS = flags.FLAGS
+
+
+def _stream(config, workdir, cell, datasets, log):
+  """Runs (or resumes) one stream; its summary is also written to ``summary.json``."""
+  run_dir = os.path.join(workdir, sweep.cell_name(cell))
+  summary_path = os.path.join(run_dir, "summary.json")
+  if os.path.exists(summary_path):
+    return json.load(open(summary_path))
+  cfg = sweep.cell_config(config, cell)
+  r = packnet.run_continual(cfg, datasets, run_dir, log=log)
+  n = r.num_trained
+  summary = {**{k.rsplit(".", 1)[-1]: v for k, v in cell.items()},
+             "tasks_accommodated": n, "capacity_used": r.capacity[:n],
+             "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction[:n],
+             "dense_val": r.dense_val[:n], "pruned_val": r.pruned_val[:n],
+             "average_accuracy": packnet.average_accuracy(r.acc),
+             "acc": [[None if np.isnan(a) else float(a) for a in row[:n]] for row in r.acc[:n]]}
+  results.write_json(summary_path, summary)
+  return summary
+
+
+def tune_cells(config):
+  return sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
+                    optimizer__learning_rate=[float(lr) for lr in config.sweep.learning_rates],
+                    continual__num_tasks=[1], continual__finetune_steps=[0],
+                    continual__method=["packnet"])
+
+
+def chosen_lr(config, workdir, alpha) -> float:
+  best = []
+  for cell in tune_cells(config):
+    if cell["alpha"] != alpha:
+      continue
+    path = os.path.join(workdir, "tune", sweep.cell_name(cell), "summary.json")
+    if not os.path.exists(path):
+      raise ValueError(f"tuning for alpha {alpha:g} has not finished ({path}): run "
+                       "--phase=tune first")
+    best.append((-json.load(open(path))["dense_val"][0], cell["optimizer.learning_rate"]))
+  return min(best)[1]
+
+
+def stream_cells(config, workdir):
+  out = []
+  for alpha in config.sweep.alphas:
+    lr = chosen_lr(config, workdir, float(alpha))
+    out += [{"continual.method": "efficient_packnet", "alpha": float(alpha),
+             "optimizer.learning_rate": lr, "continual.gamma": float(g)}
+            for g in config.sweep.gammas]
+  lr = chosen_lr(config, workdir, 1.0)
+  out += [{"continual.method": "packnet", "alpha": 1.0, "optimizer.learning_rate": lr,
+           "continual.prune_fraction": float(f)} for f in config.sweep.prune_fractions]
+  return out
+
+
+def label(s: dict) -> str:
+  if s["method"] == "packnet":
+    return f"PackNet keep {1 - s['prune_fraction']:.0%}, alpha {s['alpha']:g}"
+  return f"EPN gamma {s['gamma']:g}, alpha {s['alpha']:g}"
+
+
+def report(config, workdir, log=print):
+  summaries = []
+  for cell in stream_cells(config, workdir):
+    path = os.path.join(workdir, sweep.cell_name(cell), "summary.json")
+    if os.path.exists(path):
+      summaries.append(json.load(open(path)))
+  rows = [{"stream": label(s), "method": s["method"], "alpha": s["alpha"], "task": t,
+           "capacity_used": s["capacity_used"][t],
+           "cumulative_capacity": float(sum(s["capacity_used"][:t + 1])),
+           "final_accuracy": s["acc"][-1][t], "tasks_accommodated": s["tasks_accommodated"]}
+          for s in summaries for t in range(s["tasks_accommodated"])]
+  results.write_json(os.path.join(workdir, "results.json"), summaries)
+  results.write_csv(os.path.join(workdir, "results.csv"), rows)
+  lines = ["| stream | lr | tasks accommodated | capacity per task (mean) | total capacity | "
+           "average accuracy over tasks seen |", "|---|---|---|---|---|---|"]
+  for s in summaries:
+    lines.append(f"| {label(s)} | {s['learning_rate']:g} | {s['tasks_accommodated']} | "
+                 f"{np.mean(s['capacity_used']):.4f} | {s['total_capacity']:.4f} | "
+                 f"{s['average_accuracy']:.4f} |")
+  table = "\n".join(lines)
+  with open(os.path.join(workdir, "study_continual.md"), "w") as f:
+    f.write(table + "\n")
+  if rows:
+    results.plot_curves(os.path.join(workdir, "capacity.png"), rows, x="task",
+                        y="cumulative_capacity", series="stream", logx=False,
+                        title="Permuted MNIST: capacity used", xlabel="task",
+                        ylabel="cumulative fraction of weights owned")
+    plot_matrices(os.path.join(workdir, "accuracy_matrices.png"), summaries)
+  log(table)
+  return summaries
+
+
+def plot_matrices(path: str, summaries: list[dict]) -> None:
+  """One heat map per stream: test accuracy on task j (x) after training task i (y)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cols = min(4, len(summaries))
+  rows = -(-len(summaries) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+  for ax, s in zip(axes.ravel(), summaries):
+    acc = np.array([[np.nan if a is None else a for a in row] for row in s["acc"]], float)
+    im = ax.imshow(acc, vmin=0.5, vmax=1.0, cmap="viridis")
+    ax.set_title(label(s), fontsize=8)
+    ax.set_xlabel("task evaluated", fontsize=7)
+    ax.set_ylabel("after training task", fontsize=7)
+  for ax in axes.ravel()[len(summaries):]:
+    ax.axis("off")
+  fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="test accuracy")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+
+  def run():
+    index, count = cli.parse_shard(FLAGS.shard)
+    config_lib.validate(config)
+    if FLAGS.phase != "report":
+      datasets = inputs.load_validated(config).as_dict()
+    if FLAGS.phase in ("all", "tune"):
+      for cell in tune_cells(config)[index::count]:
+        s = _stream(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets,
+                    lambda m: None)
+        print(f"tune alpha={cell['alpha']:g} lr={cell['optimizer.learning_rate']:g}: "
+              f"P={s['dense_val'][0]:.4f}", flush=True)
+    if FLAGS.phase in ("all", "runs"):
+      for cell in stream_cells(config, FLAGS.workdir)[index::count]:
+        print(f"== {sweep.cell_name(cell)}", flush=True)
+        s = _stream(config, FLAGS.workdir, cell, datasets, print)
+        print(f"   {s['tasks_accommodated']} tasks, average accuracy "
+              f"{s['average_accuracy']:.4f}", flush=True)
+    if FLAGS.phase in ("all", "report"):
+      report(config, FLAGS.workdir)
+
+  cli.run(run)
+
+
+if __name__ == "__main__":
+  cli.run_app(main)

@@ -1,0 +1,191 @@
+"""Study 1: sparse-to-sparse training, alpha x sparsity x method, lr tuned per alpha.
+
+  python scripts/study_sparse.py --config=configs/study_sparse.py --workdir=runs/study_sparse \
+      [--phase=all|tune|final|report] [--shard=0/2]
+
+Phases (each resumable: every run has its own workdir and checkpoints, a finished run is
+reused):
+* tune: every (method, level, alpha) and the dense reference per alpha, at every lr of
+  ``sweep.learning_rates``, seed ``sweep.seeds[0]``; the lr with the best final validation
+  accuracy is chosen per cell (ties: the smaller lr);
+* final: the other seeds at the chosen lr;
+* report: mean and spread of test accuracy per cell next to the dense reference, as
+  ``results.json``, ``results.csv``, ``study_sparse.md`` and ``accuracy_vs_alpha.png``.
+``--shard=i/n`` runs every n-th run only, so n processes can share a phase (one per core).
+"""
+
+import json
+import os
+
+from absl import flags
+import numpy as np
+
+from powerprop_jax import cli, results, sweep, train
+from powerprop_jax import config as config_lib
+from powerprop_jax.data import inputs
+
+cli.define_flags()
+flags.DEFINE_enum("phase", "all", ["all", "tune", "final", "report"], "Which phase to run.")
+flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
+FLAGS = flags.FLAGS
+DISTRIBUTION = {"topkast": "uniform", "rigl": "erk", "none": "uniform"}
+
+
+def cells(config) -> list[dict]:
+  """(method, level, alpha) cells, the dense reference (method none, level 0) first."""
+  out = [{"sparsity.method": "none", "sparsity.level": 0.0, "alpha": float(a)}
+         for a in config.sweep.alphas]
+  for method in config.sweep.methods:
+    for level in config.sweep.levels:
+      for alpha in config.sweep.alphas:
+        out.append({"sparsity.method": method, "sparsity.level": float(level),
+                    "alpha": float(alpha)})
+  return out
+
+
+def run_name(run: dict) -> str:
+  return (f"{run['sparsity.method']}_s{run['sparsity.level']:g}_a{run['alpha']:g}"
+          f"_lr{run['optimizer.learning_rate']:g}_seed{run['seed']}")
+
+
+def _train_one(config, workdir, run, splits, log):
+  cfg = sweep.cell_config(config, {**run, "sparsity.seed": run["seed"],
+                                   "sparsity.distribution":
+                                       DISTRIBUTION[run["sparsity.method"]]})
+  state, exp = train.train_and_evaluate(cfg, os.path.join(workdir, run_name(run)), splits,
+                                        log=lambda m: None)
+  del state, exp
+  records = [json.loads(l) for l in open(os.path.join(workdir, run_name(run),
+                                                         "metrics.jsonl"))]
+  final = records[-1]
+  log(f"{run_name(run)}: validation {final['validation_accuracy']:.4f} "
+      f"test {final['test_accuracy']:.4f}")
+  return {"method": run["sparsity.method"], "sparsity": run["sparsity.level"],
+          "alpha": run["alpha"], "learning_rate": run["optimizer.learning_rate"],
+          "seed": run["seed"], "validation_accuracy": final["validation_accuracy"],
+          "test_accuracy": final["test_accuracy"],
+          "realised_sparsity": final.get("sparsity", 0.0)}
+
+
+def _finished(workdir, run) -> dict | None:
+  path = os.path.join(workdir, run_name(run), "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  records = [json.loads(l) for l in open(path)]
+  return records[-1] if records and "test_accuracy" in records[-1] else None
+
+
+def tune_runs(config) -> list[dict]:
+  seed = int(config.sweep.seeds[0])
+  return [{**c, "optimizer.learning_rate": float(lr), "seed": seed}
+          for c in cells(config) for lr in config.sweep.learning_rates]
+
+
+def chosen_lr(config, workdir, cell) -> float | None:
+  """The lr of the best tuning run's validation accuracy (None until all have finished)."""
+  seed = int(config.sweep.seeds[0])
+  scores = []
+  for lr in config.sweep.learning_rates:
+    done = _finished(workdir, {**cell, "optimizer.learning_rate": float(lr), "seed": seed})
+    if done is None:
+      return None
+    scores.append((-done["validation_accuracy"], float(lr)))
+  return min(scores)[1]
+
+
+def final_runs(config, workdir) -> list[dict]:
+  out = []
+  for c in cells(config):
+    lr = chosen_lr(config, workdir, c)
+    if lr is None:
+      raise ValueError(f"tuning of {c} has not finished in {workdir}: run --phase=tune first")
+    out += [{**c, "optimizer.learning_rate": lr, "seed": int(s)} for s in config.sweep.seeds]
+  return out
+
+
+def report(config, workdir, log=print) -> list[dict]:
+  """Collects every finished final run; writes the results files; returns the rows."""
+  rows, missing = [], 0
+  for c in cells(config):
+    lr = chosen_lr(config, workdir, c)
+    for s in config.sweep.seeds:
+      run = {**c, "optimizer.learning_rate": lr, "seed": int(s)}
+      done = _finished(workdir, run) if lr is not None else None
+      if done is None:
+        missing += 1
+        continue
+      rows.append({"method": c["sparsity.method"], "sparsity": c["sparsity.level"],
+                   "alpha": c["alpha"], "learning_rate": lr, "seed": int(s),
+                   "validation_accuracy": done["validation_accuracy"],
+                   "test_accuracy": done["test_accuracy"],
+                   "realised_sparsity": done.get("sparsity", 0.0)})
+  results.write_json(os.path.join(workdir, "results.json"), rows)
+  results.write_csv(os.path.join(workdir, "results.csv"), rows)
+  table = summary_table(rows)
+  with open(os.path.join(workdir, "study_sparse.md"), "w") as f:
+    f.write(table + "\n")
+  labelled = [{**r, "run": f"{r['method']} {100 * r['sparsity']:g}%"} for r in rows
+              if r["method"] != "none"]
+  if labelled:
+    results.plot_curves(os.path.join(workdir, "accuracy_vs_alpha.png"), labelled, x="alpha",
+                        y="test_accuracy", series="run", logx=False,
+                        title="MNIST LeNet-300-100: sparse-to-sparse, lr tuned per alpha",
+                        xlabel="alpha", ylabel="test accuracy")
+  log(table)
+  log(f"{len(rows)} runs reported, {missing} not finished")
+  return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+  """Markdown: one row per (method, sparsity), mean ± std (n) of test accuracy per alpha,
+  the chosen lr, and the dense reference row."""
+  stats = results.mean_by(rows, ("method", "sparsity", "alpha"), "test_accuracy")
+  lrs = {(r["method"], r["sparsity"], r["alpha"]): r["learning_rate"] for r in rows}
+  alphas = sorted({r["alpha"] for r in rows})
+  lines = ["| method | sparsity | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+           "|---|---|" + "---|" * len(alphas)]
+  for method, level in sorted({(r["method"], r["sparsity"]) for r in rows},
+                              key=lambda k: (k[0] != "none", k)):
+    cells_ = []
+    best = max((stats[(method, level, a)][0] for a in alphas if (method, level, a) in stats),
+               default=np.nan)
+    for a in alphas:
+      if (method, level, a) not in stats:
+        cells_.append("not run")
+        continue
+      mean, std, n = stats[(method, level, a)]
+      text = f"{mean:.4f} ± {std:.4f} (lr {lrs[(method, level, a)]:g}, n={n})"
+      cells_.append(f"**{text}**" if mean == best else text)
+    name = "dense" if method == "none" else method
+    lines.append(f"| {name} | {100 * level:g}% | " + " | ".join(cells_) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+
+  def run():
+    index, count = cli.parse_shard(FLAGS.shard)
+    config_lib.validate(config)
+    workdir = FLAGS.workdir
+    if FLAGS.phase in ("all", "tune", "final"):
+      splits = inputs.load_validated(config)
+    if FLAGS.phase in ("all", "tune"):
+      runs = tune_runs(config)[index::count]
+      for i, r in enumerate(runs):
+        print(f"[tune {i + 1}/{len(runs)}]", end=" ", flush=True)
+        _train_one(config, workdir, r, splits, print)
+    if FLAGS.phase in ("all", "final"):
+      runs = final_runs(config, workdir)[index::count]
+      for i, r in enumerate(runs):
+        print(f"[final {i + 1}/{len(runs)}]", end=" ", flush=True)
+        _train_one(config, workdir, r, splits, print)
+    if FLAGS.phase in ("all", "report"):
+      report(config, workdir)
+
+  cli.run(run)
+
+
+if __name__ == "__main__":
+  cli.run_app(main)
