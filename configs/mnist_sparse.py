@@ -23,6 +23,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sparsity.distribution = "erk"
 
   config.sweep.methods = ("none", "gradual", "topkast", "rigl", "set")
-  config.sweep.alphas = (1.0, 4.0)
+  config.sweep.alphas = (1.0, 2.0)
   config.sweep.levels = (0.9, 0.95)
   return config

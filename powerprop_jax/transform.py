@@ -167,6 +167,23 @@ def order_layers(layers: Sequence[str], layer_order: Sequence[str] = ()) -> list
   return sorted(layers, key=lambda n: position.get(n, position.get(n.rsplit("/", 1)[0], end)))
 
 
+def zip_leaves(fn: Callable[..., Any], tree: PyTree, *others: PyTree) -> PyTree:
+  """``fn`` over the leaves of ``tree`` and ``others`` paired in flatten order, in the
+  structure of ``tree``.
+
+  Unlike ``jax.tree_util.tree_map`` the containers may differ as long as the leaves line up:
+  ``nnx.Optimizer`` initialises its transformation with an ``nnx.State`` (leaves inside
+  ``Param`` variables) but updates it with the plain arrays, so trees a sparsity method
+  holds (keep counts, masks) must pair with either.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  rest = [jax.tree_util.tree_leaves(o) for o in others]
+  for other in rest:
+    if len(other) != len(leaves):
+      raise ValueError(f"trees do not line up: {len(leaves)} leaves against {len(other)}")
+  return jax.tree_util.tree_unflatten(treedef, [fn(*xs) for xs in zip(leaves, *rest)])
+
+
 def selected(params: PyTree, predicate: ParamPredicate = weights_only) -> PyTree:
   """A pytree of Python bools with the structure of ``params``: True where reparameterised."""
   return jax.tree_util.tree_map_with_path(lambda path, x: is_selected(path, x, predicate),

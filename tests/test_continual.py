@@ -246,6 +246,6 @@ def test_script_writes_results(mnist, tmp_path):
     assert r["acc"][0][1] is None and r["acc"][1][0] == r["acc"][0][0]
     assert len(r["capacity_used"]) == 2 and 0 < r["total_capacity"] <= 1
     np.testing.assert_allclose(r["average_accuracy"], np.mean(r["acc"][1]))
-  assert open(tmp_path / "results.csv").readline().startswith("method,alpha,seed,task,")
+  assert open(tmp_path / "results.csv").readline().startswith("alpha,seed,method,task,")
   assert os.path.getsize(tmp_path / "capacity_and_accuracy.png") > 10_000
   assert "task 1:" in out.stdout

@@ -30,7 +30,7 @@ def test_erk_uses_every_kernel_dimension():
   eps = (1 - sparsity) * sum(n.values()) / sum(raw[k] * n[k] for k in shapes)
   want = {k: eps * raw[k] for k in shapes}
   assert max(want.values()) < 1.0  # no layer is made dense at this level
-  got = distributions.erk_densities(distributions.prunable_layers(params), sparsity)
+  got = distributions.erk_densities(pp.layer_shapes(params), sparsity)
   np.testing.assert_allclose([got[k] for k in shapes], [want[k] for k in shapes], rtol=1e-9)
   counts = distributions.keep_counts(params, sparsity, "erk")
   assert sum(counts.values()) == round((1 - sparsity) * sum(n.values()))

@@ -47,7 +47,7 @@ class DistributionTest(chex.TestCase):
     for level in [0.5, 0.8, 0.9, 0.95]:
       counts = distributions.keep_counts(params, level, "erk")
       self.assertEqual(sum(counts.values()), round((1 - level) * n_total))
-      dens = distributions.erk_densities(distributions.prunable_layers(params), level)
+      dens = distributions.erk_densities(pp.layer_shapes(params), level)
       raw = {"l0": 90 / 2000, "l1": 70 / 1200, "l2": 40 / 300}
       sparse_layers = [n for n in dens if dens[n] < 1.0]
       ratios = [dens[n] / raw[n] for n in sparse_layers]
@@ -55,7 +55,7 @@ class DistributionTest(chex.TestCase):
       for n in dens:
         self.assertLessEqual(abs(counts[n] - dens[n] * np.prod(params[n]["w"].shape)), 1.0)
     # at 50% the small last layer would exceed density 1: it is made dense.
-    self.assertEqual(distributions.erk_densities(distributions.prunable_layers(params), 0.5)["l2"],
+    self.assertEqual(distributions.erk_densities(pp.layer_shapes(params), 0.5)["l2"],
                      1.0)
 
   def test_erk_with_dense_layer(self):

@@ -28,13 +28,6 @@ PyTree = Any
 DISTRIBUTIONS = ("uniform", "erk")
 
 
-def prunable_layers(params: PyTree, predicate: transform.ParamPredicate = transform.weights_only
-                    ) -> dict[str, tuple[int, ...]]:
-  """{module_name: shape} of the selected leaves, in pytree order (``module/name`` for a
-  module's second selected parameter)."""
-  return transform.layer_shapes(params, predicate)
-
-
 def resolve_dense_layers(names: Sequence[str], dense_layers: str | Sequence[str],
                          layer_order: Sequence[str] = ()) -> set[str]:
   """Module names to keep dense, from a list or a comma string with aliases first/last.
@@ -109,7 +102,7 @@ def keep_counts(params: PyTree, sparsity: float, distribution: str = "uniform",
   ``layer_order`` (creation order of module names) places the "first"/"last" dense layers.
   """
   sparsity = masks_lib.validate_sparsity(sparsity, "sparsity.level")
-  shapes = prunable_layers(params, predicate)
+  shapes = transform.layer_shapes(params, predicate)
   if not shapes:
     raise ValueError("no prunable parameters: the predicate selects none")
   dense = resolve_dense_layers(list(shapes), dense_layers, layer_order)
@@ -132,3 +125,13 @@ def counts_tree(params: PyTree, counts: dict[str, int],
       return -1
     return counts[module] if module in counts else counts[f"{module}/{name}"]
   return jax.tree_util.tree_map_with_path(count, params)
+
+
+def layer_counts(params: PyTree, sparsity: float, distribution: str = "uniform",
+                 dense_layers: str | Sequence[str] = "",
+                 predicate: transform.ParamPredicate = transform.weights_only,
+                 layer_order: Sequence[str] = ()) -> PyTree:
+  """The params-shaped tree of keep counts a method takes: :func:`keep_counts` laid out by
+  :func:`counts_tree` (e.g. ``pp.sparsity.rigl(layer_counts(params, 0.9, "erk"))``)."""
+  return counts_tree(params, keep_counts(params, sparsity, distribution, dense_layers,
+                                         predicate, layer_order), predicate)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import transform
 from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
 
@@ -52,7 +53,7 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
         return m
       keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -1.0), layer_keep(p.size, c, step))
       return keep & m  # never revive a pruned weight
-    return jax.tree_util.tree_map(leaf, params, masks, counts)
+    return transform.zip_leaves(leaf, params, masks, counts)
 
   def init(params):
     masks = _all_true(params)

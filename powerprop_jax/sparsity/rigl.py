@@ -82,7 +82,7 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
       if c < 0:
         return jnp.ones(p.shape, bool)
       return masks_lib.top_k_mask(jax.random.uniform(k, p.shape), c)
-    return jax.tree_util.tree_map(leaf, params, counts, keys)
+    return transform.zip_leaves(leaf, params, counts, keys)
 
   def init(params):
     key = jax.random.PRNGKey(seed)
@@ -108,7 +108,7 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
       new_p = jnp.where(grown, _grown_values(p, g, keep, grow_init, alpha, epsilon), p)
       return jnp.where(new_m, new_p, jnp.zeros_like(p)), new_m
 
-    pairs = jax.tree_util.tree_map(leaf, params, grads, masks, counts, keys)
+    pairs = transform.zip_leaves(leaf, params, grads, masks, counts, keys)
     is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
     return (jax.tree_util.tree_map(lambda t: t[0], pairs, is_leaf=is_pair),
             jax.tree_util.tree_map(lambda t: t[1], pairs, is_leaf=is_pair), key)

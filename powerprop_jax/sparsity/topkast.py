@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import transform
 from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
 
@@ -42,7 +43,7 @@ def top_kast(forward_counts: PyTree, backward_counts: PyTree, penalty: float,
         full = jnp.ones(p.shape, bool)
         return full, full
       return (masks_lib.top_k_mask(jnp.abs(p), kf), masks_lib.top_k_mask(jnp.abs(p), kb))
-    pairs = jax.tree_util.tree_map(leaf, params, forward_counts, backward_counts)
+    pairs = transform.zip_leaves(leaf, params, forward_counts, backward_counts)
     is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
     a = jax.tree_util.tree_map(lambda t: t[0], pairs, is_leaf=is_pair)
     b = jax.tree_util.tree_map(lambda t: t[1], pairs, is_leaf=is_pair)
@@ -55,7 +56,7 @@ def top_kast(forward_counts: PyTree, backward_counts: PyTree, penalty: float,
       density = kf / p.size
       coeff = jnp.where(ma, penalty, jnp.where(mb, penalty / density, 0.0))
       return (coeff * p).astype(p.dtype)
-    return jax.tree_util.tree_map(leaf, params, a, b, forward_counts)
+    return transform.zip_leaves(leaf, params, a, b, forward_counts)
 
   def init(params):
     a, b = sets(params)
