@@ -1,6 +1,6 @@
 """Study 2 (issue 13): continual learning at capacity on Permuted MNIST.
 
-20 tasks (enough to fill LeNet-300-100 at the tolerances studied), 2,000 training + 300
+20 tasks (enough to fill LeNet-300-100 at the tolerances studied), 1,000 training + 200
 fine-tuning steps per task; EfficientPackNet at gamma 0.9, 0.95 and 0.99 with alpha 1 and 2,
 each alpha at its own learning rate (tuned on task 0's validation accuracy over
 ``sweep.learning_rates``); PackNet keeping a fixed 25% / 10% of each task's weights
@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dir = "../shared/data/mnist"
   config.train.chunk_steps = 500
   config.continual.num_tasks = 20
-  config.continual.steps_per_task = 2000
-  config.continual.finetune_steps = 300
+  config.continual.steps_per_task = 1000
+  config.continual.finetune_steps = 200
   config.continual.stop_when_full = True
   config.sweep.alphas = (1.0, 2.0)
   config.sweep.learning_rates = (0.05, 0.1, 0.2)

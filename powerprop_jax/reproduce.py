@@ -351,6 +351,8 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
   if args.smoke:
     return run_smoke(module, rows, args.runs, args.out, log)
   if args.dry_run or args.launch:
+    if not args.data_dir:
+      log("# data: tfds's default data_dir; --data_dir=DIR adds --config.data.dir=DIR")
     if args.launch:
       log("# One line per row. Multi-host: run the same line on every host of the slice or "
           "cluster; --config.train.distributed=True makes each call "

@@ -353,7 +353,8 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       writer.close()
       raise TrainingDiverged(
           f"loss became {losses[np.argmin(np.isfinite(losses))]} at step {first}; stopped "
-          f"(last good checkpoint: step {last_good} in {workdir}); lower "
+          f"({'last good checkpoint: step %s' % last_good if last_good else 'no checkpoint yet'}"
+          f" in {workdir}); lower "
           f"optimizer.learning_rate ({config.optimizer.learning_rate}) or check the data")
     crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
     record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},

@@ -7,7 +7,7 @@ Phases (each resumable: every run has its own workdir and checkpoints, a finishe
 reused):
 * tune: every (method, level, alpha) and the dense reference per alpha, at every lr of
   ``sweep.learning_rates``, seed ``sweep.seeds[0]``; the lr with the best final validation
-  accuracy is chosen per cell (ties: the smaller lr);
+  accuracy is chosen per cell (ties: the smaller lr; a run whose loss diverges scores 0);
 * final: the other seeds at the chosen lr;
 * report: mean and spread of test accuracy per cell next to the dense reference, as
   ``results.json``, ``results.csv``, ``study_sparse.md`` and ``accuracy_vs_alpha.png``.
@@ -29,6 +29,7 @@ flags.DEFINE_enum("phase", "all", ["all", "tune", "final", "report"], "Which pha
 flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
 FLAGS = flags.FLAGS
 DISTRIBUTION = {"topkast": "uniform", "rigl": "erk", "none": "uniform"}
+DIVERGED = "diverged.json"
 
 
 def cells(config) -> list[dict]:
@@ -49,25 +50,31 @@ def run_name(run: dict) -> str:
 
 
 def _train_one(config, workdir, run, splits, log):
+  done = _finished(workdir, run)
+  if done is not None:  # a finished run: reuse its result without touching it
+    log(f"{run_name(run)}: done (validation {done['validation_accuracy']:.4f})")
+    return
   cfg = sweep.cell_config(config, {**run, "sparsity.seed": run["seed"],
                                    "sparsity.distribution":
                                        DISTRIBUTION[run["sparsity.method"]]})
-  state, exp = train.train_and_evaluate(cfg, os.path.join(workdir, run_name(run)), splits,
-                                        log=lambda m: None)
-  del state, exp
+  try:
+    train.train_and_evaluate(cfg, os.path.join(workdir, run_name(run)), splits,
+                             log=lambda m: None)
+  except train.TrainingDiverged as e:  # an lr too large for this cell: scored as 0
+    results.write_json(os.path.join(workdir, run_name(run), DIVERGED), {"error": str(e)})
+    log(f"{run_name(run)}: diverged ({e})")
+    return
   records = [json.loads(l) for l in open(os.path.join(workdir, run_name(run),
                                                          "metrics.jsonl"))]
   final = records[-1]
   log(f"{run_name(run)}: validation {final['validation_accuracy']:.4f} "
       f"test {final['test_accuracy']:.4f}")
-  return {"method": run["sparsity.method"], "sparsity": run["sparsity.level"],
-          "alpha": run["alpha"], "learning_rate": run["optimizer.learning_rate"],
-          "seed": run["seed"], "validation_accuracy": final["validation_accuracy"],
-          "test_accuracy": final["test_accuracy"],
-          "realised_sparsity": final.get("sparsity", 0.0)}
 
 
 def _finished(workdir, run) -> dict | None:
+  """The final metrics record of a finished run (a diverged run counts as accuracy 0)."""
+  if os.path.exists(os.path.join(workdir, run_name(run), DIVERGED)):
+    return {"validation_accuracy": 0.0, "test_accuracy": float("nan"), "diverged": True}
   path = os.path.join(workdir, run_name(run), "metrics.jsonl")
   if not os.path.exists(path):
     return None

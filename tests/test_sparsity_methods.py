@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 import powerprop_jax as pp
 from powerprop_jax import checkpoint
@@ -260,3 +261,9 @@ class MethodsTest(chex.TestCase):
     ckpt.close()
     chex.assert_trees_all_equal(restored, {"params": p, "opt_state": s})
     self.assertIsInstance(restored["opt_state"], pp.sparsity.SparseState)
+
+
+def test_erk_refuses_dense_layers_that_exceed_the_budget():
+  """Dense layers holding more than 1 - S of the weights: one line, not negative densities."""
+  with pytest.raises(ValueError, match="cannot be met"):
+    distributions.erk_densities({"a": (7, 7, 3, 64), "b": (3, 3, 64, 64)}, 0.95, {"a"})

@@ -69,6 +69,10 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float,
         divisor += raw[name] * n
     if not raw:
       raise ValueError(f"sparsity {sparsity} cannot be met with every layer dense")
+    if rhs <= 0:
+      raise ValueError(f"sparsity {sparsity} cannot be met: the dense layers {sorted(dense)} "
+                       f"alone hold more than {1 - sparsity:.4g} of the weights; lower "
+                       "sparsity.level or keep fewer layers dense")
     eps = rhs / divisor
     max_raw = max(raw.values())
     if max_raw * eps <= 1.0:
