@@ -61,9 +61,12 @@ class DistributionTest(chex.TestCase):
 
   def test_erk_with_dense_layer(self):
     params = _params()
-    counts = distributions.keep_counts(params, 0.8, "erk", "first")
-    self.assertEqual(counts["l0"], 2000)
+    counts = distributions.keep_counts(params, 0.8, "erk", "last")
+    self.assertEqual(counts["l2"], 300)
     self.assertEqual(sum(counts.values()), round(0.2 * 3500))
+    self.assertTrue(all(c > 0 for c in counts.values()))
+    with self.assertRaisesRegex(ValueError, "dense layers.*alone hold more"):
+      distributions.keep_counts(params, 0.8, "erk", "first")  # l0 alone is 57% of weights
 
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, "distribution"):
