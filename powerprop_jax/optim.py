@@ -81,15 +81,13 @@ def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
   elif config.schedule == "cosine":
     schedule = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
   elif config.schedule == "piecewise":
-    bad = [b for b in config.boundaries
-           if not 0.0 < float(b) < 1.0 or int(float(b) * total_steps) <= warmup]
+    bad = [b for b in config.boundaries if not 0.0 < float(b) < 1.0]
     if bad:
-      raise ValueError(f"optimizer.boundaries are fractions of training in (0, 1) after the "
-                       f"warm-up ({warmup} of {total_steps} steps), got {bad}")
+      raise ValueError(f"optimizer.boundaries are fractions of training in (0, 1), got {bad}")
     # join_schedules below restarts this schedule's count after the warm-up: shift the
     # boundaries so that they stay absolute fractions of training.
     schedule = optax.piecewise_constant_schedule(
-        lr, {int(b * total_steps) - warmup: float(config.decay_factor)
+        lr, {max(int(b * total_steps) - warmup, 0): float(config.decay_factor)
              for b in config.boundaries})
   else:
     raise ValueError(f"optimizer.schedule must be constant|cosine|piecewise, got "

@@ -43,10 +43,11 @@ VARIANTS = {
 }
 
 
-def _config(alpha: float, method: str, every: int, dtype: str) -> ml_collections.ConfigDict:
+def _config(alpha: float, method: str, every: int, dtype: str, model: str = "resnet50"
+            ) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.alpha = alpha
-  c.model.update({"name": "resnet50", "num_classes": 1000, "compute_dtype": dtype})
+  c.model.update({"name": model, "num_classes": 1000, "compute_dtype": dtype})
   c.train.steps = 10**6
   c.optimizer.update({"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4})
   c.sparsity.method = method
@@ -63,14 +64,15 @@ def _timed(fn, state, batch):
   return state, time.perf_counter() - t0
 
 
-def bench_model(batch_size: int, image_size: int, steps: int, rounds: int) -> dict:
+def bench_model(batch_size: int, image_size: int, steps: int, rounds: int,
+                model: str = "resnet50") -> dict:
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)),
                                 jnp.float32),
            "label": jnp.asarray(rng.integers(0, 1000, batch_size), jnp.int32)}
   runs, flops = {}, {}
   for name, (alpha, method, every, dtype) in VARIANTS.items():
-    exp = train.build_experiment(_config(alpha, method, every, dtype),
+    exp = train.build_experiment(_config(alpha, method, every, dtype, model),
                                  np.asarray(batch["image"][:1]))
     step = jax.jit(train.make_train_step(exp.model, exp.tx, exp.reparam), donate_argnums=0)
     flops[name] = _step_flops(step, exp.init_state, batch)
@@ -137,14 +139,16 @@ def main():
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--model", default="resnet50",
+                      help="resnet50, or resnet_tiny for a quick check of the script")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
                       help="bf16 peak of the device (default: looked up from its name)")
   parser.add_argument("--out", default="", help="optional JSON file for the results")
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}) x{jax.device_count()}; "
-        f"ResNet-50, batch {args.batch}, {args.image_size}x{args.image_size}", flush=True)
-  results = bench_model(args.batch, args.image_size, args.steps, args.rounds)
+        f"{args.model}, batch {args.batch}, {args.image_size}x{args.image_size}", flush=True)
+  results = bench_model(args.batch, args.image_size, args.steps, args.rounds, args.model)
   peak = args.peak_tflops or peak_tflops(device.device_kind)
   print(f"{'variant':28s} {'images/s':>10s} {'ratio':>7s} {'TFLOP/s':>8s} {'of peak':>8s}")
   for name, r in results.items():

@@ -158,3 +158,16 @@ def test_top_k_mask_equals_stable_argsort_with_ties_and_traced_k():
     np.testing.assert_array_equal(np.asarray(traced(jnp.asarray(x), k)), expected, err_msg=k)
   np.testing.assert_array_equal(np.asarray(pp.top_k_mask(jnp.asarray(x).reshape(97, 1), 9)),
                                 np.isin(np.arange(97), order[:9]).reshape(97, 1))
+
+
+class LayerOrderTest(chex.TestCase):
+
+  def test_output_layer_follows_creation_order_not_names(self):
+    """Pytree order sorts linear_10 before linear_2; the creation order names the output."""
+    rng = np.random.default_rng(0)
+    params = {f"linear_{i}": {"w": jnp.asarray(rng.normal(size=(10, 10)), jnp.float32)}
+              for i in (0, 2, 10)}
+    order = ["linear_0", "linear_2", "linear_10"]
+    m = curves.curve_masks(params, 0.1, "layerwise", 2.0, layer_order=order)
+    self.assertEqual(int(m["linear_10"]["w"].sum()), 20)   # the output layer: 2p
+    self.assertEqual(int(m["linear_2"]["w"].sum()), 10)

