@@ -1,7 +1,7 @@
 """Study 1 (issue 13): where Powerpropagation helps sparse-to-sparse training on MNIST.
 
 LeNet-300-100, SGD batch 60, 10,000 steps (11 epochs; the dense network's validation accuracy
-is flat from about 8,000 steps on at lr 0.1: see results/study_sparse), Top-KAST (uniform
+gains at most 0.2 points over the last 2,000 steps: see results/study_sparse), Top-KAST (uniform
 density, the paper's backward pairing 2 * level - 1 capped at level) and RigL (ERK, the
 published schedule) at 95, 98, 99 and 99.5% sparsity, alpha 1, 1.25, 1.5 and 2. The learning
 rate is tuned per (method, sparsity, alpha) on the validation split over
