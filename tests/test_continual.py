@@ -179,6 +179,7 @@ def test_capacity_exhausted_raises(mnist):
     packnet.run_continual(config, small, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_efficient_packnet_powerprop_uses_less_capacity(mnist):
   """EfficientPackNet at gamma 0.99: alpha 2 needs less total capacity than alpha 1 for the
   same 3 tasks (mean over seeds 0 and 1). Measured: 0.588 vs 0.661 total capacity; average
@@ -249,3 +250,16 @@ def test_script_writes_results(mnist, tmp_path):
   assert open(tmp_path / "results.csv").readline().startswith("alpha,seed,method,task,")
   assert os.path.getsize(tmp_path / "capacity_and_accuracy.png") > 10_000
   assert "task 1:" in out.stdout
+
+
+def test_efficient_packnet_picks_the_sparsest_fraction_meeting_gamma():
+  """Algorithm 1: the first (sparsest) grid point with P_s >= gamma * P, not a neighbour."""
+  grid = masks.keep_fractions(0.01, 25)
+  accuracy = dict(zip(grid, np.linspace(0.5, 0.99, 25)))  # rises with the fraction kept
+  target = 0.99 * 0.95
+  want = min(f for f in grid if accuracy[f] >= target)
+  got, acc = packnet.choose_keep_fraction(grid, lambda f: accuracy[f], target)
+  assert got == want and acc == accuracy[want]
+  assert accuracy[grid[list(grid).index(want) - 1]] < target  # one step sparser fails gamma
+  got, _ = packnet.choose_keep_fraction(grid, lambda f: 0.0, target)
+  assert got == grid[-1]  # nothing meets gamma: keep everything

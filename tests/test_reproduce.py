@@ -173,6 +173,7 @@ def _check_built(row, exp, first_dense=True):
     assert all(m.all() for m in forward.values())   # pruning starts at step 10,000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", ALL_ROWS)
 def test_row_builds_its_experiment(row):
   """Optimizer and sparsity method of every row (a 10-layer ResNet stands in for speed)."""
@@ -186,6 +187,7 @@ def test_row_builds_its_experiment(row):
   _check_built(row, exp, first_dense=not row.startswith("rigl95"))
 
 
+@pytest.mark.slow
 def test_resnet50_row_builds():
   exp = train.build_experiment(MODULE.get_config("rigl95_5x_pp"),
                                np.zeros((1, 32, 32, 3), np.float32))
@@ -297,6 +299,7 @@ def test_collect_marks_unfinished_and_foreign_runs(tmp_path):
 @pytest.mark.skipif(not hasattr(train, "run_experiment"),
                     reason="powerprop_jax.train.run_experiment (the training entry point "
                            "--smoke runs) does not exist in this checkout yet")
+@pytest.mark.slow
 def test_smoke_runs_every_row(tmp_path):
   # The budget is 5 minutes on 2 cores; other jobs share this machine's cores, so count the
   # CPU seconds of this process (compiling, the bulk of it, runs on one core) not wall time.
@@ -314,6 +317,7 @@ def test_smoke_runs_every_row(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason=f"no MNIST data at {MNIST_DIR}")
+@pytest.mark.slow
 def test_mnist_table_equals_prune_eval_results(tmp_path):
   rc = reproduce.main(["--table", "mnist", "--steps", "300", "--alphas", "1,2",
                        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
