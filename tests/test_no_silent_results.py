@@ -58,6 +58,8 @@ def test_changed_config_in_workdir_is_refused(tmp_path):
             f"--workdir={tmp_path}", "--config.train.steps=100", "--config.train.chunk_steps=50"]
   rc, lines = _script(*common)
   assert rc == 0, lines
+  events = [f for f in os.listdir(tmp_path / "tensorboard") if "tfevents" in f]
+  assert events, "a run of scripts/train.py leaves TensorBoard event files"
   rc, lines = _script(*common, "--config.optimizer.learning_rate=0.01", "--config.alpha=4")
   line = _one_line(lines)
   assert rc == 1 and "optimizer.learning_rate 0.1 -> 0.01" in line and "alpha 1.0 -> 4" in line
