@@ -62,8 +62,10 @@ class Checkpointer:
       if os.path.exists(path) and not os.path.isdir(path):
         raise CheckpointError(f"{path} is a file, not a directory; move it away or use "
                               "another --workdir")
+    # The handler is named so that item_metadata() can read saved shapes and dtypes (without
+    # it orbax returns None, with a warning, and the metadata check would check nothing).
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              cleanup_tmp_directories=True))
 
