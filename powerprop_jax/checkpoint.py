@@ -67,7 +67,11 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True))
+                                             cleanup_tmp_directories=True,
+                                             # every save is awaited anyway; synchronous
+                                             # saves also keep concurrent runs in one
+                                             # process (threads) from colliding
+                                             enable_async_checkpointing=False))
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
