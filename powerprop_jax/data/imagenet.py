@@ -261,6 +261,13 @@ def _warn_corrupt(index: int, error: Exception, action: str) -> None:
                _count_corrupt())
 
 
+def _global_position(q: int, local_batch: int, global_batch: int, process_index: int) -> int:
+  """Local stream index q of process p -> position in the global stream: row p*Bl + j of
+  global batch q // Bl (the rows ``data.base.local_slice`` gives process p)."""
+  k, j = divmod(q, local_batch)
+  return k * global_batch + process_index * local_batch + j
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainExample:
   """Local stream index q -> the example of global position t (see the module docstring)."""
@@ -272,8 +279,7 @@ class _TrainExample:
   size: int
 
   def position(self, q: int) -> int:
-    step, j = divmod(q, self.local_batch)
-    return step * self.global_batch + self.process_index * self.local_batch + j
+    return _global_position(q, self.local_batch, self.global_batch, self.process_index)
 
   def __call__(self, q: int) -> Example:
     t, n = self.position(q), len(self.source)
@@ -299,8 +305,7 @@ class _EvalExample:
   size: int
 
   def __call__(self, q: int) -> Example:
-    k, j = divmod(q, self.local_batch)
-    t = k * self.global_batch + self.process_index * self.local_batch + j
+    t = _global_position(q, self.local_batch, self.global_batch, self.process_index)
     empty = {"image": np.zeros((self.size, self.size, 3), np.float32), "label": np.int32(0),
              "mask": np.bool_(False)}
     if t >= len(self.source):
