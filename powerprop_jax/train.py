@@ -283,6 +283,18 @@ def _eval_source(split: Any) -> Any:
   return split() if callable(split) else split
 
 
+def check_finite_loss(metrics: dict[str, np.ndarray], step: int, k: int,
+                      learning_rate: float) -> None:
+  """Raises :class:`TrainingDiverged` naming the first step of the chunk ending at ``step``
+  (``k`` steps long; ``metrics["loss"]`` has shape [k]) whose loss is not finite."""
+  losses = np.asarray(metrics["loss"])
+  if not np.all(np.isfinite(losses)):
+    bad = int(np.argmin(np.isfinite(losses)))
+    raise TrainingDiverged(
+        f"loss became {losses[bad]} at step {step - k + 1 + bad}; stopped; lower "
+        f"optimizer.learning_rate ({learning_rate:g}) or check the data")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        datasets: dict[str, data_base.Dataset] | data_base.DataSplits,
                        log: Log = _log, allow_changed_config: bool = False,
@@ -347,15 +359,12 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
   def on_chunk(state: TrainState, k: int, metrics: dict[str, np.ndarray]) -> None:
     nonlocal last_good
     s = int(state.step)
-    losses = np.asarray(metrics["loss"])
-    if not np.all(np.isfinite(losses)):
-      first = s - k + 1 + int(np.argmin(np.isfinite(losses)))
+    try:
+      check_finite_loss(metrics, s, k, float(config.optimizer.learning_rate))
+    except TrainingDiverged as e:
       writer.close()
-      raise TrainingDiverged(
-          f"loss became {losses[np.argmin(np.isfinite(losses))]} at step {first}; stopped "
-          f"({'last good checkpoint: step %s' % last_good if last_good else 'no checkpoint yet'}"
-          f" in {workdir}); lower "
-          f"optimizer.learning_rate ({config.optimizer.learning_rate}) or check the data")
+      where = f"last good checkpoint: step {last_good}" if last_good else "no checkpoint yet"
+      raise TrainingDiverged(f"{e} ({where} in {workdir})") from None
     crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
     record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},
               "learning_rate": float(exp.learning_rate(s - 1))}

@@ -1,7 +1,7 @@
 """Continual learning: ownership bookkeeping, task streams, PackNet/EfficientPackNet.
 
 The integration tests train short Permuted-MNIST streams on the real data in
-/work/shared/data/mnist (skipped if it is absent; nothing is downloaded).
+../shared/data/mnist beside the repository (skipped if it is absent; nothing is downloaded).
 """
 
 import os
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from powerprop_jax import config as config_lib
-from powerprop_jax import data, masks, transform
+from powerprop_jax import data, masks, train, transform
 from powerprop_jax.continual import assignment, packnet, tasks
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import continual_pmnist  # noqa: E402  pylint: disable=g-import-not-at-top
 
-MNIST_DIR = os.environ.get("MNIST_DIR", "/work/shared/data/mnist")
+MNIST_DIR = os.environ.get("MNIST_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "..", "..", "shared", "data", "mnist"))
 
 
 def _params():
@@ -198,6 +199,18 @@ def test_efficient_packnet_powerprop_uses_less_capacity(mnist):
   print(f"total capacity {totals}, average accuracy {avg}")
   assert totals[2.0] < totals[1.0]
   assert avg[2.0] > 0.9 and avg[1.0] > 0.9
+
+
+def test_diverging_stream_stops_at_the_first_non_finite_loss(mnist):
+  """A too-large lr stops the task with TrainingDiverged naming the step, before pruning
+  meets NaN weights."""
+  small = {k: data.Dataset(v.images[:2000], v.labels[:2000]) for k, v in mnist.items()}
+  config = _config(method="efficient_packnet", num_tasks=1, steps_per_task=100,
+                   finetune_steps=0)
+  config.train.chunk_steps = 10
+  config.optimizer.learning_rate = 1e4
+  with pytest.raises(train.TrainingDiverged, match=r"loss became (nan|inf) at step \d+; stopped"):
+    packnet.run_continual(config, small, log=lambda _: None)
 
 
 def test_checkpoint_resume_reproduces_run(mnist, tmp_path):

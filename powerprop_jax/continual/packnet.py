@@ -153,7 +153,7 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
     last: dict[str, float] = {}
 
     def on_chunk(state, k, metrics):
-      del state, k
+      train.check_finite_loss(metrics, int(state.step), k, float(config.optimizer.learning_rate))
       last.update({n: float(np.mean(v)) for n, v in metrics.items()})
 
     state = train.run_steps(state, chunk_fn, phase_input, steps, chunk, on_chunk)

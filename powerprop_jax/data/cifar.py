@@ -2,7 +2,7 @@
 
 Two sources (``"auto"``: npz when ``data_dir`` is set, else tfds):
 * ``"npz"``: a numpy archive with ``train_images`` (N, 32, 32, 3) uint8, ``train_labels``,
-  ``test_images``, ``test_labels`` (e.g. ``/work/shared/data/cifar10_jpeg_subset.npz``);
+  ``test_images``, ``test_labels`` (e.g. ``../shared/data/cifar10_jpeg_subset.npz``);
 * ``"tfds"``: ``tfds.data_source("cifar10")``, prepared beforehand (never downloads; works
   under ``tfds.testing.mock_data``).
 Every split is checked as it loads (``checks.check_split``): uint8 images only, labels in
