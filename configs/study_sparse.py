@@ -28,6 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.methods = ("topkast", "rigl")
   config.sweep.levels = (0.95, 0.98, 0.99, 0.995)
   config.sweep.alphas = (1.0, 1.25, 1.5, 2.0)
-  config.sweep.learning_rates = (0.05, 0.1, 0.2, 0.4)
+  config.sweep.learning_rates = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
   config.sweep.seeds = (0, 1, 2)
   return config

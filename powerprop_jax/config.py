@@ -7,6 +7,9 @@ reads ``config.section.field`` directly and never supplies a fallback of its own
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import ModuleType
 from typing import Any, Optional, Sequence
 
 import ml_collections
@@ -104,6 +107,21 @@ def base() -> ml_collections.ConfigDict:
   c.sweep.gammas = (0.99,)          # continual study: EfficientPackNet tolerances
   c.sweep.prune_fractions = (0.75,)  # continual study: PackNet baselines
   return c
+
+
+def load_module(path: str, name: Optional[str] = None) -> ModuleType:
+  """The config file at ``path`` as a module, so one experiment file can start from another::
+
+      cifar = config_lib.load_module(os.path.join(os.path.dirname(__file__), "cifar10_oneshot.py"))
+      config = cifar.get_config()
+  """
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = name or os.path.splitext(os.path.basename(path))[0] + "_config"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 class ConfigError(ValueError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,10 +124,7 @@ def budget_overrides(config: ml_collections.ConfigDict, steps: int) -> dict[str,
 def load_imagenet_module(path: str = IMAGENET_CONFIG) -> ModuleType:
   """The config module ``configs/imagenet_resnet50.py`` (ROWS, PUBLISHED, get_config)."""
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
-  spec = importlib.util.spec_from_file_location("imagenet_resnet50_config", full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(full, "imagenet_resnet50_config")
 
 
 def parse_rows(spec: str, known: Sequence[str]) -> list[str]:

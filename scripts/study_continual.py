@@ -5,7 +5,8 @@
 
 Phases (each resumable; every stream checkpoints after each task):
 * tune: per alpha of ``sweep.alphas`` and lr of ``sweep.learning_rates``, train task 0 alone
-  (``steps_per_task`` steps) and keep the lr with the best unpruned validation accuracy P;
+  (``steps_per_task`` steps) and keep the lr with the best unpruned validation accuracy P
+  (a run whose loss diverges scores 0);
 * runs: EfficientPackNet per (alpha, gamma of ``sweep.gammas``) at the alpha's lr, and PackNet
   per ``sweep.prune_fractions`` at alpha 1, every stream up to ``continual.num_tasks`` tasks or
   until a layer has no free weight left;
@@ -20,7 +21,7 @@ import os
 from absl import flags
 import numpy as np
 
-from powerprop_jax import cli, results, sweep
+from powerprop_jax import cli, results, sweep, train
 from powerprop_jax import config as config_lib
 from powerprop_jax.continual import packnet
 from powerprop_jax.data import inputs
@@ -50,6 +51,16 @@ def _stream(config, workdir, cell, datasets, log):
   return summary
 
 
+def _tune(config, workdir, cell, datasets):
+  """One tuning run (task 0 alone); a run whose loss diverges scores P = 0."""
+  try:
+    return _stream(config, workdir, cell, datasets, lambda m: None)
+  except train.TrainingDiverged as e:
+    summary = {"dense_val": [0.0], "diverged": str(e)}
+    results.write_json(os.path.join(workdir, sweep.cell_name(cell), "summary.json"), summary)
+    return summary
+
+
 def tune_cells(config):
   return sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
                     optimizer__learning_rate=[float(lr) for lr in config.sweep.learning_rates],
@@ -71,6 +82,9 @@ def chosen_lr(config, workdir, alpha) -> float:
 
 
 def stream_cells(config, workdir):
+  """Every stream: EfficientPackNet per (alpha, gamma) at the alpha's tuned lr, PackNet per
+  prune fraction at alpha 1, each once per seed of ``sweep.seeds`` (the seed sets the
+  initialisation, the batches and the task permutations)."""
   out = []
   for alpha in config.sweep.alphas:
     lr = chosen_lr(config, workdir, float(alpha))
@@ -80,7 +94,8 @@ def stream_cells(config, workdir):
   lr = chosen_lr(config, workdir, 1.0)
   out += [{"continual.method": "packnet", "alpha": 1.0, "optimizer.learning_rate": lr,
            "continual.prune_fraction": float(f)} for f in config.sweep.prune_fractions]
-  return out
+  return [{**c, "seed": int(s), "continual.permutation_seed": int(s)}
+          for s in config.sweep.seeds for c in out]
 
 
 def label(s: dict) -> str:
@@ -90,35 +105,56 @@ def label(s: dict) -> str:
 
 
 def report(config, workdir, log=print):
+  """Mean ± std over seeds per stream (tasks accommodated, capacity, average accuracy) as
+  ``study_continual.md``; per-task rows in ``results.csv``; every stream's summary in
+  ``results.json``; the capacity plot (mean and min..max band over seeds) and the accuracy
+  matrices of the first seed."""
   summaries = []
   for cell in stream_cells(config, workdir):
     path = os.path.join(workdir, sweep.cell_name(cell), "summary.json")
     if os.path.exists(path):
       summaries.append(json.load(open(path)))
-  rows = [{"stream": label(s), "method": s["method"], "alpha": s["alpha"], "task": t,
-           "capacity_used": s["capacity_used"][t],
+  rows = [{"stream": label(s), "method": s["method"], "alpha": s["alpha"], "seed": s["seed"],
+           "task": t, "capacity_used": s["capacity_used"][t],
            "cumulative_capacity": float(sum(s["capacity_used"][:t + 1])),
            "final_accuracy": s["acc"][-1][t], "tasks_accommodated": s["tasks_accommodated"]}
           for s in summaries for t in range(s["tasks_accommodated"])]
   results.write_json(os.path.join(workdir, "results.json"), summaries)
   results.write_csv(os.path.join(workdir, "results.csv"), rows)
-  lines = ["| stream | lr | tasks accommodated | capacity per task (mean) | total capacity | "
-           "average accuracy over tasks seen |", "|---|---|---|---|---|---|"]
-  for s in summaries:
-    lines.append(f"| {label(s)} | {s['learning_rate']:g} | {s['tasks_accommodated']} | "
-                 f"{np.mean(s['capacity_used']):.4f} | {s['total_capacity']:.4f} | "
-                 f"{s['average_accuracy']:.4f} |")
-  table = "\n".join(lines)
+  table = summary_table(summaries)
   with open(os.path.join(workdir, "study_continual.md"), "w") as f:
     f.write(table + "\n")
   if rows:
     results.plot_curves(os.path.join(workdir, "capacity.png"), rows, x="task",
                         y="cumulative_capacity", series="stream", logx=False,
-                        title="Permuted MNIST: capacity used", xlabel="task",
-                        ylabel="cumulative fraction of weights owned")
-    plot_matrices(os.path.join(workdir, "accuracy_matrices.png"), summaries)
+                        title="Permuted MNIST: capacity used (mean, min..max over seeds)",
+                        xlabel="task", ylabel="cumulative fraction of weights owned")
+    first = int(config.sweep.seeds[0])
+    plot_matrices(os.path.join(workdir, "accuracy_matrices.png"),
+                  [s for s in summaries if s["seed"] == first])
   log(table)
   return summaries
+
+
+def summary_table(summaries: list[dict]) -> str:
+  """Markdown, one row per stream: mean ± std over its seeds of each measure."""
+  per_stream = {}
+  for s in summaries:
+    per_stream.setdefault(label(s), []).append(s)
+  lines = ["| stream | lr | seeds | tasks accommodated | capacity per task (mean) | "
+           "total capacity | average accuracy over tasks seen |", "|---|---|---|---|---|---|---|"]
+
+  def stat(values, fmt):
+    return f"{np.mean(values):{fmt}} ± {np.std(values):{fmt}}"
+
+  for name, group in per_stream.items():
+    lines.append(
+        f"| {name} | {group[0]['learning_rate']:g} | {len(group)} | "
+        f"{stat([g['tasks_accommodated'] for g in group], '.1f')} | "
+        f"{stat([np.mean(g['capacity_used']) for g in group], '.4f')} | "
+        f"{stat([g['total_capacity'] for g in group], '.4f')} | "
+        f"{stat([g['average_accuracy'] for g in group], '.4f')} |")
+  return "\n".join(lines)
 
 
 def plot_matrices(path: str, summaries: list[dict]) -> None:
@@ -153,8 +189,7 @@ def main(argv):
       datasets = inputs.load_validated(config).as_dict()
     if FLAGS.phase in ("all", "tune"):
       for cell in tune_cells(config)[index::count]:
-        s = _stream(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets,
-                    lambda m: None)
+        s = _tune(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets)
         print(f"tune alpha={cell['alpha']:g} lr={cell['optimizer.learning_rate']:g}: "
               f"P={s['dense_val'][0]:.4f}", flush=True)
     if FLAGS.phase in ("all", "runs"):

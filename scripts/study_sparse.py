@@ -136,7 +136,8 @@ def report(config, workdir, log=print) -> list[dict]:
   if labelled:
     results.plot_curves(os.path.join(workdir, "accuracy_vs_alpha.png"), labelled, x="alpha",
                         y="test_accuracy", series="run", logx=False,
-                        title="MNIST LeNet-300-100: sparse-to-sparse, lr tuned per alpha",
+                        title=f"{config.data.name} {config.model.name}: sparse-to-sparse, "
+                        "lr tuned per alpha",
                         xlabel="alpha", ylabel="test accuracy")
   log(table)
   log(f"{len(rows)} runs reported, {missing} not finished")

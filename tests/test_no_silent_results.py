@@ -138,3 +138,21 @@ def test_divergence_stops_at_the_first_nan(tmp_path):
   assert all(np.isfinite(r["train_loss"]) for r in records)  # no NaN written
   ckpts = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert all(s <= records[-1]["step"] for s in ckpts) if ckpts else True
+
+
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_file_loads_and_validates(name):
+  """Each experiment file (the ImageNet one per row) builds a config that ``validate`` accepts,
+  so a typo in a rarely run config fails here, not hours into a job."""
+  module = config_lib.load_module(os.path.join(ROOT, "configs", name))
+  rows = getattr(module, "ROWS", (None,))
+  for row in rows:
+    config_lib.validate(module.get_config(row) if row else module.get_config())
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load_module(str(tmp_path / "nope.py"))
