@@ -98,9 +98,11 @@ def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
   return schedule
 
 
-def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config: Any, total_steps: int, weight_decay_mask: Any = None
+                   ) -> optax.GradientTransformation:
   """The optax optimizer a config's ``optimizer`` section names: name (sgd | adam),
-  momentum, nesterov, weight_decay, and the :func:`learning_rate_schedule`."""
+  momentum, nesterov, weight_decay (on the leaves ``weight_decay_mask`` marks True; None:
+  all), and the :func:`learning_rate_schedule`."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "sgd":
     tx = optax.sgd(schedule, momentum=float(config.momentum) or None,
@@ -110,5 +112,6 @@ def make_optimizer(config: Any, total_steps: int) -> optax.GradientTransformatio
   else:
     raise ValueError(f"optimizer.name must be sgd|adam, got {config.name!r}")
   if float(config.weight_decay):
-    tx = optax.chain(optax.add_decayed_weights(float(config.weight_decay)), tx)
+    tx = optax.chain(optax.add_decayed_weights(float(config.weight_decay),
+                                               mask=weight_decay_mask), tx)
   return tx

@@ -258,9 +258,10 @@ def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
   params = jax.jit(lambda p: transform.reparameterise_init(p, reparam.alpha, reparam.predicate)
                    )(params)
   steps = int(config.train.steps)
-  tx = optim.make_optimizer(config.optimizer, steps)
   order = (tuple(models.creation_order(config.model, sample_input))
            if config.sparsity.method != "none" else ())
+  tx = optim.make_optimizer(config.optimizer, steps,
+                            builders.weight_decay_mask(config.sparsity, params, order))
   method = builders.build_method(config.sparsity, params, steps, reparam.alpha, order)
   if method is not None:
     tx = sparse_base.sparse_optimizer(tx, method)

@@ -240,7 +240,11 @@ def test_topkast_backward_level_is_the_default():
     assert int(start.grad_masks[k]["w"].sum()) == round(0.2 * n)
 
 
-def test_topkast_loss_gradient_reaches_backward_set_through_train_step():
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_topkast_loss_gradient_reaches_backward_set_through_train_step(weight_decay):
+  """Top-KAST's update on a sparse layer, and with ``optimizer.weight_decay`` = lambda the same
+  update: the exploration penalty is the weight decay of the sparse layers (not added to it),
+  while the parameters Top-KAST leaves dense (biases) keep the ordinary weight decay."""
   config = config_lib.base()
   config.alpha = 2.0
   config.model.name = "lenet_300_100"
@@ -248,6 +252,7 @@ def test_topkast_loss_gradient_reaches_backward_set_through_train_step():
   config.sparsity.method = "topkast"
   config.sparsity.level = 0.9          # backward 0.8 (2 * level - 1)
   config.sparsity.penalty = 1e-2
+  config.optimizer.weight_decay = weight_decay
   lr, lam = config.optimizer.learning_rate, config.sparsity.penalty
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(16, 28, 28, 1)), jnp.float32),
@@ -285,6 +290,9 @@ def test_topkast_loss_gradient_reaches_backward_set_through_train_step():
   # ... A by the gradient and lambda * v, and nothing outside B moves.
   np.testing.assert_allclose(v1[a], (v0 - lr * (g_v + lam * v0))[a], rtol=1e-4, atol=1e-7)
   np.testing.assert_array_equal(v1[~b], v0[~b])
+  # Weight decay where Top-KAST does not act: every bias, and no kernel.
+  decay = builders.weight_decay_mask(config.sparsity, state.params)
+  assert all(decay[k]["b"] and not decay[k]["w"] for k in decay)
 
 
 # ---------------------------------------------------------------------------------------------

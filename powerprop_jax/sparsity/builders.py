@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
+import jax
 import ml_collections
 
 from powerprop_jax import masks as masks_lib
@@ -100,6 +101,22 @@ def build_topkast(config, params, total_steps, alpha, layer_order=()) -> Sparsit
   return topkast.top_kast(_counts(config, params, level, layer_order),
                           _counts(config, params, backward, layer_order),
                           penalty, every, end)
+
+
+def weight_decay_mask(config: ml_collections.ConfigDict, params: PyTree, layer_order=()
+                      ) -> Optional[PyTree]:
+  """Where ``optimizer.weight_decay`` applies, as a params-shaped tree of bools (None: on
+  every parameter).
+
+  Under Top-KAST the exploration penalty *is* the weight decay of the layers it sparsifies
+  (lambda on A, lambda / D on B \\ A, none elsewhere; PAPER.md, Top-KAST), so weight decay
+  is kept only on the parameters Top-KAST leaves dense (biases, batch norm, dense layers);
+  decaying both would apply 2 lambda on A. Every other method decays every parameter.
+  """
+  if config.method != "topkast":
+    return None
+  counts = _counts(config, params, _level(config, "topkast"), layer_order)
+  return jax.tree_util.tree_map(lambda k: bool(k < 0), counts)
 
 
 def _build_drop_grow(config, params, total_steps, alpha, grow: str, layer_order=()
