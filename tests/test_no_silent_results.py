@@ -23,12 +23,7 @@ needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="../shared
 
 
 def _datasets(n=240, seed=0):
-  rng = np.random.default_rng(seed)
-  protos = rng.normal(size=(10, 784)).astype(np.float32)
-  def make(k):
-    y = rng.integers(0, 10, k).astype(np.int32)
-    return data.Dataset(protos[y] + 0.5 * rng.normal(size=(k, 784)).astype(np.float32), y)
-  return {"train": make(n), "validation": make(60), "test": make(60)}
+  return data.prototype_digits(n, 60, seed)
 
 
 def _config(steps=40, **optimizer):

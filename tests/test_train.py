@@ -23,13 +23,7 @@ needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="../shared
 
 
 def small_datasets(n_train=600, seed=0):
-  rng = np.random.default_rng(seed)
-  protos = rng.normal(size=(10, 784)).astype(np.float32)
-  def make(n):
-    y = rng.integers(0, 10, n).astype(np.int32)
-    x = protos[y] + 0.5 * rng.normal(size=(n, 784)).astype(np.float32)
-    return data.Dataset(x, y)
-  return {"train": make(n_train), "validation": make(200), "test": make(200)}
+  return data.prototype_digits(n_train, 200, seed)
 
 
 def small_config(steps=300, alpha=2.0):

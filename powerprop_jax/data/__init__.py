@@ -12,6 +12,7 @@ from powerprop_jax.data.base import (DataError, Dataset, DataSplits, batch_indic
 from powerprop_jax.data.checks import check_split
 from powerprop_jax.data.cifar import load_cifar10
 from powerprop_jax.data.mnist import load_mnist, read_idx
+from powerprop_jax.data.synthetic import prototype_digits
 
 # name -> loader(data_config) -> {"train", "validation", "test"} Datasets. Fields are read
 # directly: their defaults live in powerprop_jax/config.py and nowhere else.
@@ -36,4 +37,4 @@ def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
 
 __all__ = ["DataError", "Dataset", "DataSplits", "LOADERS", "batch_indices", "check_split",
            "epoch_permutation", "gather_batch", "load_cifar10", "load_datasets", "load_mnist",
-           "load_splits", "local_batches", "padded_batches", "read_idx"]
+           "load_splits", "local_batches", "padded_batches", "prototype_digits", "read_idx"]
