@@ -1,17 +1,16 @@
 """The CIFAR conv net in the training loop: batch-norm state flows, eval uses is_training=False."""
 
 import os
-import sys
 
 import jax
 import numpy as np
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import train
 from powerprop_jax.data import Dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import cifar10_oneshot  # noqa: E402  pylint: disable=g-import-not-at-top
+cifar10_oneshot = config_lib.load_module(os.path.join(ROOT, "configs", "cifar10_oneshot.py"))
 
 
 def test_cifar_convnet_trains_with_augment_and_batchnorm_state(tmp_path):

@@ -15,8 +15,8 @@ from powerprop_jax import config as config_lib
 from powerprop_jax import data, masks, train, transform
 from powerprop_jax.continual import assignment, packnet, tasks
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import continual_pmnist  # noqa: E402  pylint: disable=g-import-not-at-top
+continual_pmnist = config_lib.load_module(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "continual_pmnist.py"))
 
 MNIST_DIR = os.environ.get("MNIST_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                      "..", "..", "shared", "data", "mnist"))

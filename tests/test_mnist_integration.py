@@ -6,17 +6,16 @@ layer keeping 2p; no fine-tuning. Two seeds per alpha.
 
 import concurrent.futures
 import os
-import sys
 
 import numpy as np
 import pytest
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import curves, data, masks, train, transform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import mnist_oneshot  # noqa: E402  pylint: disable=g-import-not-at-top
+mnist_oneshot = config_lib.load_module(os.path.join(ROOT, "configs", "mnist_oneshot.py"))
 
 KEEP = float(masks.keep_fractions(0.01, 20)[6])  # 4.28% of weights kept
 SEEDS = (0, 1)

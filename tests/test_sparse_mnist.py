@@ -8,16 +8,15 @@ alpha = 1 for Top-KAST and RigL on MNIST (README, "Sparse training"; scripts/spa
 
 import copy
 import os
-import sys
 
 import pytest
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import data, masks, sparsity, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import mnist_sparse  # noqa: E402  pylint: disable=g-import-not-at-top
+mnist_sparse = config_lib.load_module(os.path.join(ROOT, "configs", "mnist_sparse.py"))
 
 STEPS = 6_000
 TOLERANCE = 0.035  # sparse may trail dense by at most 3.5 points of test accuracy

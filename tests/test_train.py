@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from powerprop_jax import config as config_lib
 from powerprop_jax import data, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import mnist_oneshot  # noqa: E402  pylint: disable=g-import-not-at-top
+mnist_oneshot = config_lib.load_module(os.path.join(ROOT, "configs", "mnist_oneshot.py"))
 
 needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="../shared/data absent")
 
