@@ -6,7 +6,8 @@
 Phases (each resumable; every stream checkpoints after each task):
 * tune: per alpha of ``sweep.alphas`` and lr of ``sweep.learning_rates``, train task 0 alone
   (``steps_per_task`` steps) and keep the lr with the best unpruned validation accuracy P
-  (a run whose loss diverges scores 0);
+  among those one grid step from divergence (a run whose loss diverges scores 0, and the lr
+  below it is passed over: at the edge of stability a later task or seed can diverge);
 * runs: EfficientPackNet per (alpha, gamma of ``sweep.gammas``) at the alpha's lr, and PackNet
   per ``sweep.prune_fractions`` at alpha 1, every stream up to ``continual.num_tasks`` tasks or
   until a layer has no free weight left;
@@ -39,7 +40,13 @@ def _stream(config, workdir, cell, datasets, log):
   if os.path.exists(summary_path):
     return json.load(open(summary_path))
   cfg = sweep.cell_config(config, cell)
-  r = packnet.run_continual(cfg, datasets, run_dir, log=log)
+  try:
+    r = packnet.run_continual(cfg, datasets, run_dir, log=log)
+  except train.TrainingDiverged as e:  # recorded, so a rerun does not retry it
+    summary = {**{k.rsplit(".", 1)[-1]: v for k, v in cell.items()}, "diverged": str(e)}
+    results.write_json(summary_path, summary)
+    log(f"diverged: {e}")
+    return summary
   n = r.num_trained
   summary = {**{k.rsplit(".", 1)[-1]: v for k, v in cell.items()},
              "tasks_accommodated": n, "capacity_used": r.capacity[:n],
@@ -51,14 +58,9 @@ def _stream(config, workdir, cell, datasets, log):
   return summary
 
 
-def _tune(config, workdir, cell, datasets):
-  """One tuning run (task 0 alone); a run whose loss diverges scores P = 0."""
-  try:
-    return _stream(config, workdir, cell, datasets, lambda m: None)
-  except train.TrainingDiverged as e:
-    summary = {"dense_val": [0.0], "diverged": str(e)}
-    results.write_json(os.path.join(workdir, sweep.cell_name(cell), "summary.json"), summary)
-    return summary
+def _task0_score(summary: dict) -> float:
+  """A tuning run's score: task 0's unpruned validation accuracy P, 0 if it diverged."""
+  return 0.0 if "diverged" in summary else summary["dense_val"][0]
 
 
 def tune_cells(config):
@@ -69,7 +71,11 @@ def tune_cells(config):
 
 
 def chosen_lr(config, workdir, alpha) -> float:
-  best = []
+  """The lr with the best task-0 validation accuracy among those at least one grid step
+  from divergence: an lr qualifies if it is the grid's smallest or the next larger one
+  did not diverge (an lr at the edge of stability trains task 0 but can diverge on a later
+  task or seed)."""
+  summaries = {}
   for cell in tune_cells(config):
     if cell["alpha"] != alpha:
       continue
@@ -77,8 +83,11 @@ def chosen_lr(config, workdir, alpha) -> float:
     if not os.path.exists(path):
       raise ValueError(f"tuning for alpha {alpha:g} has not finished ({path}): run "
                        "--phase=tune first")
-    best.append((-json.load(open(path))["dense_val"][0], cell["optimizer.learning_rate"]))
-  return min(best)[1]
+    summaries[cell["optimizer.learning_rate"]] = json.load(open(path))
+  lrs = sorted(summaries)
+  eligible = [lr for i, lr in enumerate(lrs)
+              if i == 0 or i + 1 == len(lrs) or "diverged" not in summaries[lrs[i + 1]]]
+  return min(eligible, key=lambda lr: (-_task0_score(summaries[lr]), lr))
 
 
 def stream_cells(config, workdir):
@@ -114,14 +123,18 @@ def report(config, workdir, log=print):
     path = os.path.join(workdir, sweep.cell_name(cell), "summary.json")
     if os.path.exists(path):
       summaries.append(json.load(open(path)))
+  diverged = [s for s in summaries if "diverged" in s]
+  summaries = [s for s in summaries if "diverged" not in s]
   rows = [{"stream": label(s), "method": s["method"], "alpha": s["alpha"], "seed": s["seed"],
            "task": t, "capacity_used": s["capacity_used"][t],
            "cumulative_capacity": float(sum(s["capacity_used"][:t + 1])),
            "final_accuracy": s["acc"][-1][t], "tasks_accommodated": s["tasks_accommodated"]}
           for s in summaries for t in range(s["tasks_accommodated"])]
-  results.write_json(os.path.join(workdir, "results.json"), summaries)
+  results.write_json(os.path.join(workdir, "results.json"), summaries + diverged)
   results.write_csv(os.path.join(workdir, "results.csv"), rows)
-  table = summary_table(summaries)
+  table = summary_table(summaries) + "".join(
+      f"\n\nDiverged (not in the means): {label(s)}, lr {s['learning_rate']:g}, seed {s['seed']}: "
+      f"{s['diverged']}" for s in diverged)
   with open(os.path.join(workdir, "study_continual.md"), "w") as f:
     f.write(table + "\n")
   if rows:
@@ -189,15 +202,18 @@ def main(argv):
       datasets = inputs.load_validated(config).as_dict()
     if FLAGS.phase in ("all", "tune"):
       for cell in tune_cells(config)[index::count]:
-        s = _tune(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets)
+        s = _stream(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets,
+                    lambda m: None)
         print(f"tune alpha={cell['alpha']:g} lr={cell['optimizer.learning_rate']:g}: "
-              f"P={s['dense_val'][0]:.4f}", flush=True)
+              f"P={_task0_score(s):.4f}" + (" (diverged)" if "diverged" in s else ""),
+              flush=True)
     if FLAGS.phase in ("all", "runs"):
       for cell in stream_cells(config, FLAGS.workdir)[index::count]:
         print(f"== {sweep.cell_name(cell)}", flush=True)
         s = _stream(config, FLAGS.workdir, cell, datasets, print)
-        print(f"   {s['tasks_accommodated']} tasks, average accuracy "
-              f"{s['average_accuracy']:.4f}", flush=True)
+        if "diverged" not in s:
+          print(f"   {s['tasks_accommodated']} tasks, average accuracy "
+                f"{s['average_accuracy']:.4f}", flush=True)
     if FLAGS.phase in ("all", "report"):
       report(config, FLAGS.workdir)
 

@@ -72,7 +72,7 @@ def test_study_sparse_tunes_per_cell_reruns_seeds_and_reuses_finished_runs(tmp_p
 CONTINUAL = ("--config.continual.num_tasks=2", "--config.continual.steps_per_task=100",
              "--config.continual.finetune_steps=20", "--config.train.chunk_steps=50",
              "--config.continual.num_keep_fractions=5", "--config.sweep.alphas=(1.0,2.0)",
-             "--config.sweep.learning_rates=(0.1,10000.0)", "--config.sweep.gammas=(0.5,)",
+             "--config.sweep.learning_rates=(0.05,0.1,10000.0)", "--config.sweep.gammas=(0.5,)",
              "--config.sweep.prune_fractions=(0.75,)", "--config.sweep.seeds=(0,1)")
 
 
@@ -81,7 +81,11 @@ def test_study_continual_streams_per_seed_and_reports_mean_and_spread(tmp_path):
   for alpha in (1, 2):
     tune = json.load(open(tmp_path / "tune" / (f"alpha{alpha}_learning_rate10000_num_tasks1_"
                                                "finetune_steps0_methodpacknet") / "summary.json"))
-    assert tune["dense_val"] == [0.0] and "loss became" in tune["diverged"]
+    assert "loss became" in tune["diverged"]
+    p = {lr: json.load(open(tmp_path / "tune" / (f"alpha{alpha}_learning_rate{lr}_num_tasks1_"
+                                                 "finetune_steps0_methodpacknet") /
+                            "summary.json"))["dense_val"][0] for lr in ("0.05", "0.1")}
+    assert p["0.1"] > p["0.05"]  # so only the back-off rule can choose 0.05
   streams = json.load(open(tmp_path / "results.json"))
   keys = sorted((s["method"], s["alpha"], s["seed"], s["permutation_seed"]) for s in streams)
   assert keys == sorted([(m, a, s, s) for m, a in (("efficient_packnet", 1.0),
@@ -89,13 +93,14 @@ def test_study_continual_streams_per_seed_and_reports_mean_and_spread(tmp_path):
                          for s in (0, 1)])
   by_key = {(s["method"], s["alpha"], s["seed"]): s for s in streams}
   for s in streams:
-    assert s["learning_rate"] == 0.1 and s["tasks_accommodated"] == 2
+    # 0.1 trains task 0 best but sits next to a diverging lr: one grid step back is chosen.
+    assert s["learning_rate"] == 0.05 and s["tasks_accommodated"] == 2
     assert s["acc"][1][0] is not None and s["acc"][1][0] > 0.3  # task 0 kept after task 1
     other = by_key[(s["method"], s["alpha"], 1 - s["seed"])]
     assert s["acc"] != other["acc"]  # another seed: other init, batches and permutations
   table = open(tmp_path / "study_continual.md").read().splitlines()
   assert table[0].startswith("| stream | lr | seeds |") and len(table) == 2 + 3
-  row = next(l for l in table if l.startswith("| PackNet keep 25%, alpha 1 | 0.1 | 2 |"))
+  row = next(l for l in table if l.startswith("| PackNet keep 25%, alpha 1 | 0.05 | 2 |"))
   pack = [by_key[("packnet", 1.0, s)]["average_accuracy"] for s in (0, 1)]
   assert f"{np.mean(pack):.4f} ± {np.std(pack):.4f}" in row
   for name in ("capacity.png", "accuracy_matrices.png"):

@@ -153,7 +153,11 @@ def run_continual(config: ml_collections.ConfigDict, datasets: dict[str, Dataset
     last: dict[str, float] = {}
 
     def on_chunk(state, k, metrics):
-      train.check_finite_loss(metrics, int(state.step), k, float(config.optimizer.learning_rate))
+      try:
+        train.check_finite_loss(metrics, int(state.step), k,
+                                float(config.optimizer.learning_rate))
+      except train.TrainingDiverged as e:
+        raise train.TrainingDiverged(f"task {task}: {e}") from None
       last.update({n: float(np.mean(v)) for n, v in metrics.items()})
 
     state = train.run_steps(state, chunk_fn, phase_input, steps, chunk, on_chunk)
