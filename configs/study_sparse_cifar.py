@@ -31,6 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.methods = ("rigl",)
   config.sweep.levels = (0.95, 0.99)
   config.sweep.alphas = (1.0, 1.25)
-  config.sweep.learning_rates = (0.05, 0.1, 0.2)
+  config.sweep.learning_rates = (0.05, 0.1, 0.2, 0.4)
   config.sweep.seeds = (0, 1)
   return config
