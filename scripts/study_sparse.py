@@ -139,17 +139,18 @@ def report(config, workdir, log=print) -> list[dict]:
   return rows
 
 
-def plot_panels(path: str, rows: list[dict], title: str, floor: float = 0.5) -> None:
+def plot_panels(path: str, rows: list[dict], title: str) -> None:
   """One panel per method: test accuracy (mean over seeds, min..max band) against alpha, a
-  line per sparsity, the dense reference dashed. Cells whose mean is below ``floor`` (a
-  collapsed network) are left off the axis and named in the legend, so they do not flatten
-  the differences that matter."""
+  line per sparsity, the dense reference dashed. Sparsities whose best mean is under half the
+  dense reference's (a collapsed network) are left off the axis and named in the legend, so
+  they do not flatten the differences that matter."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   methods = sorted({r["method"] for r in rows} - {"none"})
   fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
   stats = results.mean_by(rows, ("method", "sparsity", "alpha"), "test_accuracy")
+  floor = 0.5 * max((v[0] for k, v in stats.items() if k[0] == "none"), default=0.0)
   spread = {}
   for r in rows:
     lo, hi = spread.get((r["method"], r["sparsity"], r["alpha"]), (1.0, 0.0))
@@ -164,7 +165,7 @@ def plot_panels(path: str, rows: list[dict], title: str, floor: float = 0.5) -> 
         means = [stats[(m, level, a)][0] for a in alphas]
         name = "dense" if m == "none" else f"{100 * level:g}%"
         if max(means) < floor:
-          ax.plot([], [], style, label=f"{name} (collapsed: {min(means):.2f}-{max(means):.2f})")
+          ax.plot([], [], style, label=f"{name} (off scale: {min(means):.2f}-{max(means):.2f})")
           continue
         ax.plot(alphas, means, style, marker="o", ms=3, label=name)
         ax.fill_between(alphas, [spread[(m, level, a)][0] for a in alphas],
@@ -185,6 +186,7 @@ def summary_table(rows: list[dict]) -> str:
   """Markdown: one row per (method, sparsity), mean ± std (n) of test accuracy per alpha,
   the chosen lr, and the dense reference row."""
   stats = results.mean_by(rows, ("method", "sparsity", "alpha"), "test_accuracy")
+  floor = 0.5 * max((v[0] for k, v in stats.items() if k[0] == "none"), default=0.0)
   lrs = {(r["method"], r["sparsity"], r["alpha"]): r["learning_rate"] for r in rows}
   alphas = sorted({r["alpha"] for r in rows})
   lines = ["| method | sparsity | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
