@@ -4,10 +4,10 @@
 fine-tuning steps per task; EfficientPackNet at gamma 0.9, 0.95 and 0.99 with alpha 1 and 2,
 each alpha at its own learning rate (tuned on task 0's validation accuracy over
 ``sweep.learning_rates``, one grid step from a diverging lr), every stream once per seed of
-``sweep.seeds`` (initialisation, batches and task permutations); PackNet keeping a fixed 25% / 10% of each task's weights
-(``prune_fraction`` 0.75 / 0.9) at alpha 1 as the baseline. A stream stops when a layer has no
-free weight left (``continual.stop_when_full``): the number of tasks it accommodated is a
-result.
+``sweep.seeds`` (initialisation, batches and task permutations); PackNet keeping a fixed
+25% / 10% of each task's weights (``prune_fraction`` 0.75 / 0.9) at alpha 1 as the baseline.
+A stream stops when a layer has no free weight left (``continual.stop_when_full``): the
+number of tasks it accommodated is a result.
 
   python scripts/study_continual.py --config=configs/study_continual.py \
       --workdir=runs/study_continual [--shard=0/2]

@@ -40,15 +40,16 @@ def _stream(config, workdir, cell, datasets, log):
   if os.path.exists(summary_path):
     return json.load(open(summary_path))
   cfg = sweep.cell_config(config, cell)
+  tags = {k.rsplit(".", 1)[-1]: v for k, v in cell.items()}
   try:
     r = packnet.run_continual(cfg, datasets, run_dir, log=log)
   except train.TrainingDiverged as e:  # recorded, so a rerun does not retry it
-    summary = {**{k.rsplit(".", 1)[-1]: v for k, v in cell.items()}, "diverged": str(e)}
+    summary = {**tags, "diverged": str(e)}
     results.write_json(summary_path, summary)
     log(f"diverged: {e}")
     return summary
   n = r.num_trained
-  summary = {**{k.rsplit(".", 1)[-1]: v for k, v in cell.items()},
+  summary = {**tags,
              "tasks_accommodated": n, "capacity_used": r.capacity[:n],
              "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction[:n],
              "dense_val": r.dense_val[:n], "pruned_val": r.pruned_val[:n],

@@ -14,6 +14,7 @@ reused):
 ``--shard=i/n`` runs every n-th run only, so n processes can share a phase (one per core).
 """
 
+from collections import defaultdict
 import json
 import os
 
@@ -149,27 +150,23 @@ def plot_panels(path: str, rows: list[dict], title: str) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   methods = sorted({r["method"] for r in rows} - {"none"})
   fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
-  stats = results.mean_by(rows, ("method", "sparsity", "alpha"), "test_accuracy")
-  floor = 0.5 * max((v[0] for k, v in stats.items() if k[0] == "none"), default=0.0)
-  spread = {}
+  acc = defaultdict(list)  # (method, sparsity, alpha) -> test accuracy per seed
   for r in rows:
-    lo, hi = spread.get((r["method"], r["sparsity"], r["alpha"]), (1.0, 0.0))
-    spread[(r["method"], r["sparsity"], r["alpha"])] = (min(lo, r["test_accuracy"]),
-                                                        max(hi, r["test_accuracy"]))
+    acc[(r["method"], r["sparsity"], r["alpha"])].append(r["test_accuracy"])
+  floor = 0.5 * max((np.mean(v) for k, v in acc.items() if k[0] == "none"), default=0.0)
   for ax, method in zip(axes[0], methods):
-    for series, style in ([("none", 0.0)], "--"), (None, "-"):
-      levels = series or sorted({k[1] for k in stats if k[0] == method})
-      for key in levels:
-        m, level = key if series else (method, key)
-        alphas = sorted(a for (mm, ll, a) in stats if (mm, ll) == (m, level))
-        means = [stats[(m, level, a)][0] for a in alphas]
-        name = "dense" if m == "none" else f"{100 * level:g}%"
-        if max(means) < floor:
-          ax.plot([], [], style, label=f"{name} (off scale: {min(means):.2f}-{max(means):.2f})")
-          continue
-        ax.plot(alphas, means, style, marker="o", ms=3, label=name)
-        ax.fill_between(alphas, [spread[(m, level, a)][0] for a in alphas],
-                        [spread[(m, level, a)][1] for a in alphas], alpha=0.15)
+    lines = [("none", 0.0, "--")] + [(method, level, "-") for level in
+                                     sorted({k[1] for k in acc if k[0] == method})]
+    for m, level, style in lines:
+      alphas = sorted(a for (mm, ll, a) in acc if (mm, ll) == (m, level))
+      means = [np.mean(acc[(m, level, a)]) for a in alphas]
+      name = "dense" if m == "none" else f"{100 * level:g}%"
+      if max(means) < floor:
+        ax.plot([], [], style, label=f"{name} (off scale: {min(means):.2f}-{max(means):.2f})")
+        continue
+      ax.plot(alphas, means, style, marker="o", ms=3, label=name)
+      ax.fill_between(alphas, [min(acc[(m, level, a)]) for a in alphas],
+                      [max(acc[(m, level, a)]) for a in alphas], alpha=0.15)
     ax.set_ylim(bottom=max(floor, ax.get_ylim()[0]))
     ax.set_title(method)
     ax.set_xlabel("alpha")
@@ -186,7 +183,6 @@ def summary_table(rows: list[dict]) -> str:
   """Markdown: one row per (method, sparsity), mean ± std (n) of test accuracy per alpha,
   the chosen lr, and the dense reference row."""
   stats = results.mean_by(rows, ("method", "sparsity", "alpha"), "test_accuracy")
-  floor = 0.5 * max((v[0] for k, v in stats.items() if k[0] == "none"), default=0.0)
   lrs = {(r["method"], r["sparsity"], r["alpha"]): r["learning_rate"] for r in rows}
   alphas = sorted({r["alpha"] for r in rows})
   lines = ["| method | sparsity | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",

@@ -108,10 +108,11 @@ def weight_decay_mask(config: ml_collections.ConfigDict, params: PyTree, layer_o
   """Where ``optimizer.weight_decay`` applies, as a params-shaped tree of bools (None: on
   every parameter).
 
-  Under Top-KAST the exploration penalty *is* the weight decay of the layers it sparsifies
-  (lambda on A, lambda / D on B \\ A, none elsewhere; PAPER.md, Top-KAST), so weight decay
-  is kept only on the parameters Top-KAST leaves dense (biases, batch norm, dense layers);
-  decaying both would apply 2 lambda on A. Every other method decays every parameter.
+  Under Top-KAST the exploration penalty *is* the weight decay of the layers it holds a
+  keep count for (lambda on A, lambda / D on B \\ A, none elsewhere; PAPER.md, Top-KAST), so
+  weight decay is kept only on the parameters it never masks (biases, batch norm); decaying
+  both would apply 2 lambda on A. A layer in ``dense_layers`` has A = every weight, so its
+  penalty lambda * v is exactly its weight decay. Every other method decays every parameter.
   """
   if config.method != "topkast":
     return None
