@@ -209,7 +209,8 @@ def test_diverging_stream_stops_at_the_first_non_finite_loss(mnist):
                    finetune_steps=0)
   config.train.chunk_steps = 10
   config.optimizer.learning_rate = 1e4
-  with pytest.raises(train.TrainingDiverged, match=r"loss became (nan|inf) at step \d+; stopped"):
+  with pytest.raises(train.TrainingDiverged,
+                     match=r"^task 0: loss became (nan|inf) at step \d+; stopped"):
     packnet.run_continual(config, small, log=lambda _: None)
 
 
