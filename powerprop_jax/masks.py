@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.experimental import checkify
+
 from powerprop_jax import transform
 from powerprop_jax.transform import ParamPredicate, weights_only
 
@@ -66,13 +68,23 @@ def top_k_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
   An exact radix search, O(32 n) and no sort: each float32 score maps to a uint32 key with
   the same order, the k-th largest key is found bit by bit from the top (32 passes of
   compare-and-count), and ties at that key go to the lower flat index (one cumulative sum),
-  so the result equals ``argsort(-scores, stable=True)[:k]`` as a set. ``k`` may be a traced
-  integer in [0, size] inside jit.
+  so the result equals ``argsort(-scores, stable=True)[:k]`` as a set.
+
+  ``k`` must be an integer in [0, size]. A concrete k (a Python or NumPy integer, or a
+  concrete array) outside that range raises ValueError. A traced k (inside jit) cannot be
+  checked while tracing: it is clamped to [0, size] (k < 0 keeps nothing, k > size keeps
+  everything), and a ``checkify.debug_check`` reports it when the caller runs under
+  ``checkify.checkify(f, errors=checkify.user_checks)`` (a no-op otherwise, so jit, pmap and
+  sharding cost nothing).
   """
-  if isinstance(k, (int, np.integer)) and not 0 <= k <= np.size(scores):
-    raise ValueError(f"k must be in [0, {np.size(scores)}], got {k}")
-  keys = _order_keys(jnp.ravel(scores))
+  n = int(np.size(scores))
+  if not isinstance(k, jax.core.Tracer):
+    if np.ndim(k) != 0 or not float(k).is_integer() or not 0 <= float(k) <= n:
+      raise ValueError(f"k must be an integer in [0, {n}], got {k!r}")
   k = jnp.asarray(k, jnp.int32)
+  checkify.debug_check((k >= 0) & (k <= n), f"top_k_mask: k must be in [0, {n}], got {{}}", k)
+  k = jnp.clip(k, 0, n)
+  keys = _order_keys(jnp.ravel(scores))
   t = _kth_largest_key(keys, k)
   above = keys > t
   tied = keys == t
@@ -105,6 +117,32 @@ def _check_finite(leaf: Any, where: str) -> None:
                      "(NaN would count as the largest); the run has diverged")
 
 
+def _aligned_candidates(params_flat: list[tuple[Any, Any]], candidates: PyTree
+                        ) -> list[jax.Array]:
+  """The leaves of ``candidates`` in the order of ``params_flat``, one per parameter.
+
+  Raises ValueError (one line naming the leaf) for a leaf ``params`` lacks, a parameter with
+  no candidate leaf, or a candidate whose shape differs from its parameter's (a broadcastable
+  shape would silently misalign the masks).
+  """
+  name = lambda path: "/".join(transform.leaf_names(path))  # noqa: E731
+  wanted = {name(path): np.shape(p) for path, p in params_flat}
+  given = {}
+  for path, c in jax.tree_util.tree_flatten_with_path(candidates)[0]:
+    if name(path) not in wanted:
+      raise ValueError(f"candidates has a leaf {name(path)!r} (shape {np.shape(c)}) that "
+                       f"params lacks; params leaves: {list(wanted)[:8]}")
+    given[name(path)] = c
+  for leaf, shape in wanted.items():
+    if leaf not in given:
+      raise ValueError(f"candidates has no leaf for the parameter {leaf!r} (shape {shape}); "
+                       "give a boolean array of the parameter's shape at every leaf")
+    if np.shape(given[leaf]) != shape:
+      raise ValueError(f"candidates at {leaf!r} has shape {np.shape(given[leaf])}, the "
+                       f"parameter has shape {shape}")
+  return [jnp.asarray(given[name(path)], bool) for path, _ in params_flat]
+
+
 def magnitude_masks(params: PyTree, sparsity: Sparsity,
                     scope: Literal["global", "layerwise"] = "global",
                     predicate: ParamPredicate = weights_only,
@@ -119,17 +157,22 @@ def magnitude_masks(params: PyTree, sparsity: Sparsity,
       round((1 - sparsity) * n_total); "layerwise" keeps round((1 - s_l) * n_l) per leaf.
       (The official notebook truncates instead of rounding: at most one weight apart.)
     predicate: which leaves are prunable; the others get all-True masks.
-    candidates: optional boolean tree; only candidate entries may be kept, and n counts
-      the candidates (e.g. the weights a continual-learning task trained).
+    candidates: optional boolean tree with the leaves and shapes of ``params``; only
+      candidate entries may be kept, and n counts the candidates (e.g. the weights a
+      continual-learning task trained).
 
   Ties go to the lower flat index (then the earlier leaf). Returns a tree of boolean arrays
-  with the structure and shapes of ``params``. Raises ValueError if ``predicate`` selects no
-  leaf, a mapping names an unknown layer, or a weight is NaN.
+  with the structure and shapes of ``params``; a tree with no leaves (``{}``) gives itself
+  back under either scope. Raises ValueError if ``predicate`` selects no leaf, a mapping
+  names an unknown layer, a weight is NaN, or ``candidates`` has a leaf ``params`` lacks,
+  lacks one, or has a leaf of another shape.
   """
   if scope not in ("global", "layerwise"):
     raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
   if scope == "global" and isinstance(sparsity, Mapping):
     raise ValueError("a per-layer sparsity mapping needs scope='layerwise'")
+  if not isinstance(sparsity, Mapping):
+    validate_sparsity(sparsity)
   chosen = jax.tree_util.tree_leaves(
       transform.require_selection(params, predicate, "magnitude_masks"))
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -139,8 +182,10 @@ def magnitude_masks(params: PyTree, sparsity: Sparsity,
                      f"prunable layers: {layers}")
   leaves = [jnp.asarray(x) for _, x in leaves_with_path]
   cands = ([None] * len(leaves) if candidates is None else
-           [jnp.asarray(c, bool) for c in jax.tree_util.tree_leaves(candidates)])
+           _aligned_candidates(leaves_with_path, candidates))
   idx = [i for i, c in enumerate(chosen) if c]
+  if not idx:  # a tree with no leaves (require_selection refuses leaves with none selected)
+    return jax.tree_util.tree_unflatten(treedef, [jnp.ones(x.shape, bool) for x in leaves])
   for i in idx:
     _check_finite(leaves[i], jax.tree_util.keystr(leaves_with_path[i][0]))
 

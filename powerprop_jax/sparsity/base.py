@@ -17,6 +17,14 @@ dense gradient w.r.t. the effective weights as ``dense_grads=...``:
 4. returns the update that takes ``params`` to the method's params.
 
 A method is a pair of pure functions (``SparsityMethod``), jittable with static shapes.
+
+Non-finite gradients: an entry outside ``grad_masks`` (pruned, or frozen) is selected away
+with ``jnp.where``, never multiplied by a 0 mask, so a NaN or inf gradient there leaves it
+bit-identical. A NaN gradient at a trainable entry is not hidden: the inner optimizer turns
+it into a NaN parameter at that entry (and wherever ``inner`` mixes entries, e.g. global-norm
+clipping), so the next loss is NaN and the training loop stops at the first non-finite loss
+(``train.TrainingDiverged``). Skipping such steps silently would hide a diverged run; wrap
+``inner`` in ``optax.apply_if_finite`` to skip them on purpose.
 """
 
 from __future__ import annotations
@@ -104,7 +112,9 @@ def sparse_optimizer(inner: optax.GradientTransformation, method: SparsityMethod
     inner_state = optax.tree_utils.tree_map_params(
         inner, lambda s, g: jnp.where(g, jnp.zeros_like(s), s)
         if jnp.shape(s) == jnp.shape(g) else s, inner_state, grown)
-    final = jax.tree_util.tree_map(lambda p, q: q - p, params, new.params)
+    # where q == p the update is exactly 0 (q - p would be NaN for an inf weight)
+    final = jax.tree_util.tree_map(lambda p, q: jnp.where(q == p, jnp.zeros_like(p), q - p),
+                                   params, new.params)
     return final, SparseState(inner_state, new.masks, new.grad_masks, new.state,
                               state.count + 1)
 

@@ -136,6 +136,6 @@ def layer_counts(params: PyTree, sparsity: float, distribution: str = "uniform",
                  predicate: transform.ParamPredicate = transform.weights_only,
                  layer_order: Sequence[str] = ()) -> PyTree:
   """The params-shaped tree of keep counts a method takes: :func:`keep_counts` laid out by
-  :func:`counts_tree` (e.g. ``pp.sparsity.rigl(layer_counts(params, 0.9, "erk"))``)."""
+  :func:`counts_tree` (e.g. ``pp.sparsity.rigl(layer_counts(params, 0.9, "erk"), end_step=...)``)."""
   return counts_tree(params, keep_counts(params, sparsity, distribution, dense_layers,
                                          predicate, layer_order), predicate)

@@ -19,6 +19,10 @@ g_w = dL/dw. A weight grown at v = 0 can never move for alpha > 1 (dw/dv = 0 the
 * "min_active": v = -sign(g_w) * (smallest |v| kept in the layer), i.e. just like the weakest
   surviving weight, pointing downhill;
 * "w_epsilon": w = -sign(g_w) * epsilon, i.e. v = -sign(g_w) * epsilon^(1/alpha).
+
+Non-finite values never spread: a NaN dense gradient ranks below every finite one for growth
+(so a NaN at an inactive weight cannot make it grow, nor give it a NaN value), a grown
+weight's direction is +1 where sign(g_w) is NaN, and "min_active" ignores NaN weights.
 """
 
 from __future__ import annotations
@@ -48,11 +52,11 @@ def resolve_grow_init(grow_init: str, alpha: float) -> str:
 
 def _grown_values(p, g, keep, grow_init: str, alpha: float, epsilon: float):
   direction = -jnp.sign(g)
-  direction = jnp.where(direction == 0, 1.0, direction)
+  direction = jnp.where(jnp.isnan(direction) | (direction == 0), 1.0, direction)
   if grow_init == "zero":
     return jnp.zeros_like(p)
   if grow_init == "min_active":
-    smallest = jnp.min(jnp.where(keep, jnp.abs(p), jnp.inf))
+    smallest = jnp.min(jnp.where(keep & ~jnp.isnan(p), jnp.abs(p), jnp.inf))
     smallest = jnp.where(jnp.isfinite(smallest), smallest, 0.0)
     return (direction * smallest).astype(p.dtype)
   if grow_init == "w_epsilon":
@@ -68,9 +72,15 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
 
   ``counts`` is a params-shaped tree of active counts (-1 for leaves never pruned);
   ``grow_init`` one of ``GROW_INITS`` ("auto" resolves by ``alpha``, see the module doc).
+  Masks change at ``update_every``, 2 ``update_every``, ... up to ``end_step`` (RigL: 75% of
+  training); with ``end_step`` < ``update_every`` they never change (static sparse training).
   """
   if grow not in ("gradient", "random"):
     raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
+  if not 0.0 <= float(drop_fraction) <= 1.0:
+    raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
+  if int(update_every) < 1:
+    raise ValueError(f"update_every must be >= 1, got {update_every!r}")
   alpha = transform.validate_alpha(alpha)
   grow_init = resolve_grow_init(grow_init, alpha)
   leaves = jax.tree_util.tree_leaves(counts)
@@ -101,7 +111,9 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
         return p, m
       n_drop = jnp.floor(fraction * c).astype(jnp.int32)
       keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -jnp.inf), c - n_drop) & m
-      score = jnp.abs(g) if grow == "gradient" else jax.random.uniform(k, p.shape)
+      # |g| >= 0; a NaN gradient scores -1: grown last (-inf marks the kept weights)
+      score = (jnp.where(jnp.isnan(g), -1.0, jnp.abs(g)) if grow == "gradient"
+               else jax.random.uniform(k, p.shape))
       selected = masks_lib.top_k_mask(jnp.where(keep, -jnp.inf, score), n_drop) & ~keep
       new_m = keep | selected
       grown = selected & ~m  # newly active: re-initialised; dropped-and-regrown keep p
@@ -127,7 +139,10 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
 def rigl(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
          end_step: int = 0, grow_init: str = "auto", alpha: float = 1.0,
          epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
-  """RigL: grow by the largest dense-gradient magnitude |dL/dw|."""
+  """RigL: grow by the largest dense-gradient magnitude |dL/dw|.
+
+  Pass ``end_step`` (RigL: 75% of training): with the default 0 masks never change.
+  """
   return drop_and_grow(counts, drop_fraction, update_every, end_step, "gradient", grow_init,
                        alpha, epsilon, seed)
 
@@ -135,6 +150,9 @@ def rigl(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
 def set_method(counts: PyTree, drop_fraction: float = 0.3, update_every: int = 100,
                end_step: int = 0, grow_init: str = "auto", alpha: float = 1.0,
                epsilon: float = 1e-3, seed: int = 0) -> SparsityMethod:
-  """SET: grow uniformly at random among the inactive weights."""
+  """SET: grow uniformly at random among the inactive weights.
+
+  Pass ``end_step`` (RigL: 75% of training): with the default 0 masks never change.
+  """
   return drop_and_grow(counts, drop_fraction, update_every, end_step, "random", grow_init,
                        alpha, epsilon, seed)
