@@ -4,6 +4,10 @@ For each keep fraction p, every selected layer keeps its top p of |w| and the ou
 (the last one the model creates) keeps min(1, m * p) (m = 2 in the official MNIST code); or,
 with ``scope="global"``, the top p of all selected weights together. No fine-tuning. (The
 training-time method that prunes once is ``sparsity.method="oneshot"``, a different thing.)
+
+:func:`nm_pruning_curve` evaluates the same weights at N:M structures instead (keep N of
+every M along each kernel's input axis, :mod:`powerprop_jax.structured`): one point per
+structure, every selected layer at keep fraction N/M.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import jax
 import numpy as np
 
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import structured
 from powerprop_jax import transform
 
 PyTree = Any
@@ -61,3 +66,40 @@ def pruning_curve(weights: PyTree, accuracy_fn: Callable[[PyTree], float],
                                                                   predicate),
                  "accuracy": float(accuracy_fn(masks))})
   return rows
+
+
+def nm_pruning_curve(weights: PyTree, accuracy_fn: Callable[[PyTree], float],
+                     structures: Sequence[str] = ("1:2", "2:4", "1:4", "1:8"),
+                     predicate: transform.ParamPredicate = transform.weights_only
+                     ) -> list[dict[str, float | str]]:
+  """[{"structure", "keep_fraction", "weights_remaining", "accuracy"}] per N:M structure.
+
+  ``accuracy_fn(masks)`` as in :func:`pruning_curve`, with ``structured.nm_masks`` masks;
+  keep_fraction is N/M. Every selected layer's axis -2 must be divisible by M (ValueError
+  naming the layer otherwise): leave a layer dense, e.g. a first conv on 3 channels, by
+  excluding it with ``predicate``.
+  """
+  rows = []
+  for text in structures:
+    n, m = structured.parse_structure(text) or (None, None)
+    if n is None:
+      raise ValueError(f"nm_pruning_curve needs 'N:M' structures, got {text!r}")
+    masks = structured.nm_masks(weights, n, m, predicate)
+    rows.append({"structure": f"{n}:{m}", "keep_fraction": n / m,
+                 "weights_remaining": 1.0 - masks_lib.sparsity_of(jax.device_get(masks),
+                                                                  predicate),
+                 "accuracy": float(accuracy_fn(masks))})
+  return rows
+
+
+def check_config(config: Any) -> None:
+  """Checks a ``prune`` section (the pruning curves' scope, keep-fraction grid and output-layer
+  multiplier); one line naming the bad field."""
+  from powerprop_jax import checks  # pylint: disable=g-import-not-at-top
+  checks.choice(config.scope, "prune.scope", SCOPES)
+  checks.fraction(config.min_keep_fraction, "prune.min_keep_fraction", 0.0, 1.0,
+                  closed_low=False, closed_high=True)
+  checks.integer(config.num_keep_fractions, "prune.num_keep_fractions", 1)
+  if not float(config.output_layer_multiplier) >= 1.0:
+    raise checks.ConfigError(f"prune.output_layer_multiplier must be >= 1, got "
+                             f"{config.output_layer_multiplier!r}")

@@ -6,6 +6,12 @@ and stay there (grad_masks = masks).
 
 A layer of n weights at sparsity s keeps round((1 - s) n) weights: the official notebook
 truncates (int(p n)), which can keep one weight fewer; the two never differ by more than one.
+
+With ``structure="N:M"`` (see :mod:`powerprop_jax.structured`) every pruned layer is N:M
+instead: each group of M consecutive weights along axis -2 keeps its n_t largest |v|, with
+n_t = round(M (1 - s_t)) on the cubic schedule from ``initial_sparsity`` to 1 - N/M, clipped
+to [N, M]. n_t never increases, so each update keeps a subset of the previous mask and the
+masks hold exactly n_t:M after every update, N:M from ``end_step`` on (one-shot: N:M at once).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import structured
 from powerprop_jax import transform
 from powerprop_jax.sparsity import schedules
 from powerprop_jax.sparsity.base import MaskUpdate, SparsityMethod
@@ -27,8 +35,16 @@ def _all_true(params: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda p: jnp.ones(jnp.shape(p), bool), params)
 
 
+def _check_nm_layers(params: PyTree, counts: PyTree, m: int) -> None:
+  """ValueError naming the first pruned layer whose axis -2 is not divisible by ``m``."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, p), c in zip(flat, jax.tree_util.tree_leaves(counts)):
+    if c >= 0:
+      structured.check_groups(np.shape(p), m, "/".join(transform.leaf_names(path)))
+
+
 def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every: int,
-                    initial_sparsity: float = 0.0) -> SparsityMethod:
+                    initial_sparsity: float = 0.0, structure: str = "") -> SparsityMethod:
   """Dense-to-sparse pruning on the cubic schedule.
 
   Args:
@@ -40,22 +56,37 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
       s_l(t) = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3 the cubic schedule from
       ``initial_sparsity`` s_i to the layer's final sparsity s_f = 1 - counts_l / n_l.
       begin == end gives one-shot pruning at that step.
+    structure: "" (unstructured) or "N:M": every leaf with a count >= 0 is pruned to n_t:M
+      (module docstring), ending at exactly N:M whatever its count; raises ValueError for
+      bad text, and at ``init`` for a pruned leaf whose axis -2 is not divisible by M.
   """
+  nm = structured.parse_structure(structure)
 
   def layer_keep(n: int, final_kept: int, step) -> jax.Array:
     final = 1.0 - final_kept / n
     s = schedules.cubic_sparsity(step, final, begin_step, end_step, initial_sparsity)
     return jnp.round((1.0 - s) * n).astype(jnp.int32)
 
+  def group_keep(step) -> jax.Array:
+    n, m = nm
+    s = schedules.cubic_sparsity(step, 1.0 - n / m, begin_step, end_step, initial_sparsity)
+    return jnp.clip(jnp.round((1.0 - s) * m), n, m).astype(jnp.int32)
+
   def prune(params, masks, step):
     def leaf(p, m, c):
       if c < 0:
         return m
-      keep = masks_lib.top_k_mask(jnp.where(m, jnp.abs(p), -1.0), layer_keep(p.size, c, step))
+      scores = jnp.where(m, jnp.abs(p), -1.0)
+      if nm is not None:
+        keep = structured.nm_mask(scores, group_keep(step), nm[1])
+      else:
+        keep = masks_lib.top_k_mask(scores, layer_keep(p.size, c, step))
       return keep & m  # never revive a pruned weight
     return transform.zip_leaves(leaf, params, masks, counts)
 
   def init(params):
+    if nm is not None:
+      _check_nm_layers(params, counts, nm[1])
     masks = _all_true(params)
     if begin_step == 0:
       masks = prune(params, masks, 0)
@@ -71,6 +102,7 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
   return SparsityMethod(init, update)
 
 
-def oneshot_pruning(counts: PyTree, step: int = 0) -> SparsityMethod:
-  """Prune by magnitude once, at ``step`` (0: at init), then train with the masks fixed."""
-  return gradual_pruning(counts, step, step, 1)
+def oneshot_pruning(counts: PyTree, step: int = 0, structure: str = "") -> SparsityMethod:
+  """Prune by magnitude once, at ``step`` (0: at init), then train with the masks fixed;
+  ``structure="N:M"`` prunes every leaf with a count >= 0 to exactly N:M."""
+  return gradual_pruning(counts, step, step, 1, structure=structure)
