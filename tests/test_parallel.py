@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import sys
     import jax, ml_collections, numpy as np
-    from powerprop_jax import train
-    from powerprop_jax.data import Dataset
-    from powerprop_jax import config as config_lib
+    from powerprop_jax.experiment import train
+    from powerprop_jax.experiment.data import Dataset
+    from powerprop_jax.experiment import config as config_lib
     assert jax.device_count() == 4, jax.devices()
 
     def config(num_devices):
@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
     try:
       train.train_and_evaluate(bad, sys.argv[1] + "/bad", data, log=lambda m: None)
     except ValueError as e:
-      assert "divisible by the number of devices 4" in str(e), e
+      assert "multiple of 4 = 4 devices" in str(e), e
     else:
       raise AssertionError("batch 6 over 4 devices was accepted")
     print("OK")
@@ -73,6 +73,6 @@ def test_four_devices_match_one_device(tmp_path):
 
 
 def test_too_many_devices_is_clear():
-  from powerprop_jax import parallel  # pylint: disable=g-import-not-at-top
+  from powerprop_jax.experiment import parallel  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="num_devices must be in"):
     parallel.make_mesh(99)

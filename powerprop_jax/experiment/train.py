@@ -1,0 +1,517 @@
+"""The one training driver: state construction, the step, a chunked driver, evaluation.
+
+The stored params are ``v``; each step computes the effective weights
+``w = masks * powerprop(v, alpha)`` (masks from the optimizer state, if any), the loss and its
+gradient ``g_w`` w.r.t. ``w`` (dense: also at masked entries), and
+``g_v = g_w * alpha |v|^(alpha-1)`` by the VJP of the power alone, i.e. straight through the
+mask, as Top-KAST prescribes; the sparse optimizer then keeps only the entries its
+``grad_masks`` allow. The optimizer gets ``g_v`` and, as ``dense_grads``, ``g_w`` (what RigL
+grows by).
+
+Steps run in chunks: one jitted ``lax.scan`` per chunk of ``chunk_steps`` steps. A
+:class:`TrainInput` says what the scan runs over: for in-memory data sets (MNIST, CIFAR) the
+data sit on the device and each chunk receives a (K, batch) array of example indices
+computed on the host from (seed, step); for streamed data (ImageNet) each chunk receives K
+global batches assembled from every host's local batches. Either way the batch of step s
+is a pure function of (seed, s), so a resumed run sees exactly the batches an
+uninterrupted one would, on any number of hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from powerprop_jax import checks
+from powerprop_jax import masks as masks_lib
+from powerprop_jax import optim, transform
+from powerprop_jax.experiment import checkpoint as checkpoint_lib
+from powerprop_jax.experiment import metrics as metrics_lib
+from powerprop_jax.experiment import parallel
+from powerprop_jax.experiment import workdir as workdir_lib
+from powerprop_jax.experiment.data import augment as augment_lib
+from powerprop_jax.experiment.data import base as data_base
+from powerprop_jax.sparsity import base as sparse_base
+from powerprop_jax.sparsity import builders
+from powerprop_jax.transform import Reparam
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+Log = Callable[[str], None]
+StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, jax.Array]]]
+
+
+class TrainState(NamedTuple):
+  step: jax.Array          # () int32
+  params: PyTree           # stored params (v where reparameterised)
+  net_state: PyTree        # model state (batch-norm statistics)
+  opt_state: optax.OptState
+  rng: jax.Array           # raw uint32 PRNG key
+
+
+class TrainingDiverged(checks.UserError):
+  """The loss became NaN or infinite; the message is one line for the user."""
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+  """Mean softmax cross-entropy; logits (B, C), labels (B,) int."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def init_state(tx: optax.GradientTransformation, params: PyTree, net_state: PyTree,
+               rng: jax.Array) -> TrainState:
+  """The step-0 state: ``tx.init`` runs once (a sparsity method's init with it).
+
+  ``params`` are the stored params (already ``reparameterise_init``-ed). Jitted; every leaf
+  is a fresh buffer, since the chunk function donates the state.
+  """
+
+  @jax.jit
+  def build(params, net_state, rng):
+    state = TrainState(jnp.zeros([], jnp.int32), params, net_state, tx.init(params), rng)
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+  return build(params, net_state, rng)
+
+
+GradFn = Callable[[PyTree, PyTree, jax.Array, Batch],
+                  tuple[PyTree, PyTree, dict[str, jax.Array]]]
+
+
+def make_grad_fn(model: Any, label_smoothing: float = 0.0) -> GradFn:
+  """``(w, net_state, key, batch) -> (g_w, net_state, metrics)``: the loss gradient w.r.t.
+  the effective weights ``w`` on one batch, the model state after it, and {"loss",
+  "accuracy"} () on it."""
+
+  def grads(w, net_state, key, batch):
+    def loss_fn(w):
+      logits, new_state = model.apply(w, net_state, key, batch["image"], is_training=True)
+      return cross_entropy(logits, batch["label"], label_smoothing), (new_state, logits)
+
+    (loss, (new_state, logits)), g_w = jax.value_and_grad(loss_fn, has_aux=True)(w)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return g_w, new_state, {"loss": loss, "accuracy": accuracy}
+
+  return grads
+
+
+def split_microbatches(batch: Batch, k: int) -> Batch:
+  """Each leaf (B, ...) -> (k, B/k, ...); microbatch i holds rows i, i + k, i + 2k, ...
+
+  Strided, so each device's rows of a batch split over the devices (``P("data")``) give
+  B/(k D) rows to every microbatch and the microbatches stay split over all devices.
+  """
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"train.microbatches={k} must divide the batch of {x.shape[0]}")
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def accumulate_grads(grads: GradFn, k: int) -> GradFn:
+  """``grads`` over ``k`` sequential microbatches of the batch (``lax.scan``): the mean
+  gradient and metrics, the model state threaded through them in order.
+
+  Without batch norm this equals ``grads`` on the whole batch (to float rounding). With
+  batch norm each microbatch is normalised by its own statistics (B/k examples) and the
+  moving averages take k updates per step: a different run than k = 1.
+  """
+  if k == 1:
+    return grads
+
+  def accumulated(w, net_state, key, batch):
+    def body(carry, xs):
+      g_sum, m_sum, state = carry
+      key_i, micro = xs
+      g, state, m = grads(w, state, key_i, micro)
+      add = lambda a, b: a + b  # noqa: E731
+      return (jax.tree.map(add, g_sum, g), jax.tree.map(add, m_sum, m), state), None
+
+    zeros = jax.tree.map(jnp.zeros_like, w)
+    m0 = {"loss": jnp.zeros([], jnp.float32), "accuracy": jnp.zeros([], jnp.float32)}
+    (g_sum, m_sum, net_state), _ = jax.lax.scan(
+        body, (zeros, m0, net_state), (jax.random.split(key, k), split_microbatches(batch, k)))
+    mean = lambda x: x / k  # noqa: E731
+    return jax.tree.map(mean, g_sum), net_state, jax.tree.map(mean, m_sum)
+
+  return accumulated
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, reparam: Reparam,
+                    label_smoothing: float = 0.0,
+                    augment: Optional[Callable[[jax.Array, Batch], Batch]] = None,
+                    microbatches: int = 1) -> StepFn:
+  """A pure train step ``(state, batch) -> (state, metrics)``; batch = {"image", "label"}.
+
+  ``model`` is any object with ``apply(params, net_state, rng, x, is_training=...) ->
+  (logits, net_state)`` (``hk.transform_with_state`` gives one). ``microbatches`` = k
+  splits the batch into k sequential microbatches (:func:`accumulate_grads`): the mean of
+  their gradients (``dense_grads`` too) makes one optimizer and one sparsity update.
+  """
+  tx = optax.with_extra_args_support(tx)
+  grads = accumulate_grads(make_grad_fn(model, label_smoothing), microbatches)
+
+  def step_fn(state: TrainState, batch: Batch):
+    rng, aug_key, model_key = jax.random.split(state.rng, 3)
+    if augment is not None:
+      batch = augment(aug_key, batch)
+    w, to_v_grads = jax.vjp(
+        lambda v: transform.effective_params(v, reparam.alpha, reparam.predicate), state.params)
+    w = sparse_base.forward_params(w, state.opt_state)
+    g_w, net_state, metrics = grads(w, state.net_state, model_key, batch)
+    (g_v,) = to_v_grads(g_w)  # straight through the mask: the optimizer masks by grad_masks
+    updates, opt_state = tx.update(g_v, state.opt_state, state.params, dense_grads=g_w)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, net_state, opt_state, rng), metrics
+
+  return step_fn
+
+
+def make_chunk_fn(step_fn: StepFn, batch_fn: Callable[[PyTree, Any], Batch],
+                  unroll: int | bool = 1,
+                  batch_sharding: Optional[jax.sharding.Sharding] = None):
+  """jit(scan(step_fn)) over a chunk: ``(state, data, xs) -> (state, per-step metrics)``.
+
+  ``xs`` has a leading axis of K steps (example indices (K, B), or K stacked batches);
+  ``batch_fn(data, x)`` turns one step's slice into a batch. Metrics come back as (K,)
+  arrays. ``unroll=True`` unrolls the scan: XLA:CPU runs convolutions inside a loop body
+  ~20x slower than outside one (jax-ml/jax#12868), so the conv-net configs unroll short
+  chunks on CPU. ``batch_sharding`` splits each batch over the mesh; the state keeps the
+  sharding it was given (replicated), so jit inserts the gradient all-reduce.
+  """
+
+  def chunk(state: TrainState, data: PyTree, xs: Any):
+    def body(s, x):
+      batch = batch_fn(data, x)
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return step_fn(s, batch)
+    return jax.lax.scan(body, state, xs, unroll=unroll)
+
+  return jax.jit(chunk, donate_argnums=(0,))
+
+
+class TrainInput(NamedTuple):
+  """What the chunked driver feeds the scan.
+
+  ``data``: device-resident pytree handed to every chunk (None when streamed);
+  ``batch_fn(data, x)``: one step's batch inside the scan;
+  ``feed(step, k)``: the scan's ``xs`` for steps [step, step + k).
+  """
+  data: Any
+  batch_fn: Callable[[Any, Any], Batch]
+  feed: Callable[[int, int], Any]
+
+
+def in_memory_input(dataset: data_base.Dataset, seed: int, batch_size: int,
+                    mesh: jax.sharding.Mesh) -> TrainInput:
+  """The data on every device, batches gathered inside the scan from host-computed indices."""
+  n = len(dataset.labels)
+  return TrainInput(parallel.replicate(data_base.Dataset(*dataset), mesh),
+                    data_base.gather_batch,
+                    lambda step, k: data_base.batch_indices(seed, step, k, batch_size, n))
+
+
+def streamed_input(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
+                   ) -> TrainInput:
+  """Batches from a host iterator of this process's local batches, one per step, in order.
+
+  Each chunk stacks K local batches and assembles the global (K, B, ...) arrays over every
+  device of every host (``parallel.global_batch``).
+  """
+
+  def feed(step: int, k: int):
+    del step  # the iterator was started at the run's first step
+    local = [next(local_batches) for _ in range(k)]
+    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+    return parallel.global_batch(stacked, mesh, stacked_steps=True)
+
+  return TrainInput(None, lambda _, batch: batch, feed)
+
+
+def run_steps(state: TrainState, chunk_fn: Callable, train_input: TrainInput, until: int,
+              chunk_steps: int,
+              on_chunk: Optional[Callable[[TrainState, int, dict[str, np.ndarray]], None]] = None
+              ) -> TrainState:
+  """The chunked driver: runs ``state`` from its step to ``until`` in chunks of at most
+  ``chunk_steps``; after each chunk calls ``on_chunk(state, k, metrics)`` with the chunk's
+  per-step metrics as (k,) host arrays."""
+  step = int(state.step)
+  while step < until:
+    k = min(chunk_steps, until - step)
+    state, metrics = chunk_fn(state, train_input.data, train_input.feed(step, k))
+    step += k
+    if on_chunk is not None:
+      on_chunk(state, k, jax.device_get(metrics))
+  return state
+
+
+def make_eval_fn(model: Any, reparam: Reparam, batch_size: int = 10_000,
+                 mesh: Optional[jax.sharding.Mesh] = None):
+  """``accuracy(params, net_state, data, masks=None) -> float``.
+
+  ``data`` is an in-memory :class:`~powerprop_jax.experiment.data.base.Dataset`, a callable
+  ``data(global_batch)`` returning an iterable of this process's local batches {"image",
+  "label", "mask"} (a streamed split), or such an iterable. Global batches hold
+  ``batch_size`` examples padded up to a multiple of the mesh's device count
+  (:func:`parallel.padded_batch`), so any batch size runs on any slice; padding is masked
+  out, so the accuracy is exact over the whole split. ``params`` are stored params;
+  ``masks`` (optional) multiply the effective weights.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+
+  @jax.jit
+  def correct(params, net_state, masks, batch):
+    w = transform.effective_params(params, reparam.alpha, reparam.predicate)
+    if masks is not None:
+      w = masks_lib.apply_masks(w, masks)
+    logits, _ = model.apply(w, net_state, None, batch["image"], is_training=False)
+    hits = (jnp.argmax(logits, -1) == batch["label"]) & batch["mask"]
+    return jnp.sum(hits), jnp.sum(batch["mask"])
+
+  def accuracy(params, net_state, data, masks: Optional[PyTree] = None) -> float:
+    if isinstance(data, data_base.Dataset):
+      size = parallel.padded_batch(min(batch_size, len(data.labels)), mesh.size)
+      data = data_base.padded_batches(data, size, jax.process_index(), jax.process_count())
+    elif callable(data):
+      data = data(parallel.padded_batch(batch_size, mesh.size))
+    hits = total = 0
+    for local in data:
+      h, n = correct(params, net_state, masks, parallel.global_batch(local, mesh))
+      hits, total = hits + int(h), total + int(n)
+    if total == 0:
+      raise ValueError("evaluation split is empty")
+    return hits / total
+
+  return accuracy
+
+
+class Experiment(NamedTuple):
+  """Everything built from a config that a run needs."""
+  model: Any                      # .init / .apply of hk.transform_with_state
+  tx: optax.GradientTransformation
+  reparam: Reparam
+  init_state: TrainState
+  layer_order: tuple[str, ...]    # prunable modules in creation order ("first"/"last")
+  learning_rate: optax.Schedule
+
+
+def build_experiment(config: ml_collections.ConfigDict, sample_input: np.ndarray
+                     ) -> Experiment:
+  """Model, optimizer (with the sparsity method inside) and the initial state."""
+  from powerprop_jax.experiment import models  # pylint: disable=g-import-not-at-top (Haiku)
+  reparam = Reparam(transform.validate_alpha(config.alpha))
+  model = models.model_from_config(config.model)
+  init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  # Everything below runs jitted: op-by-op execution would compile hundreds of tiny programs
+  # (a minute for a ResNet on CPU).
+  params, net_state = jax.jit(lambda k, x: model.init(k, x, is_training=True))(
+      init_key, sample_input)
+  transform.check_no_zero_init(params, reparam.alpha, reparam.predicate)
+  params = jax.jit(lambda p: transform.reparameterise_init(p, reparam.alpha, reparam.predicate)
+                   )(params)
+  steps = int(config.train.steps)
+  order = (tuple(models.creation_order(config.model, sample_input))
+           if config.sparsity.method != "none" else ())
+  tx = optim.make_optimizer(config.optimizer, steps,
+                            builders.weight_decay_mask(config.sparsity, params, order))
+  method = builders.build_method(config.sparsity, params, steps, reparam.alpha, order)
+  if method is not None:
+    tx = sparse_base.sparse_optimizer(tx, method)
+  state = init_state(tx, params, net_state, rng)
+  return Experiment(model, tx, reparam, state, order,
+                    optim.learning_rate_schedule(config.optimizer, steps))
+
+
+def forward_masks(opt_state: optax.OptState) -> Optional[PyTree]:
+  """The forward masks held in ``opt_state`` (None for dense training)."""
+  sparse = sparse_base.find_sparse_state(opt_state)
+  return None if sparse is None else sparse.masks
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def check_finite_loss(metrics: dict[str, np.ndarray], step: int, k: int,
+                      learning_rate: float) -> None:
+  """Raises :class:`TrainingDiverged` naming the first step of the chunk ending at ``step``
+  (``k`` steps long; ``metrics["loss"]`` has shape [k]) whose loss is not finite."""
+  losses = np.asarray(metrics["loss"])
+  if not np.all(np.isfinite(losses)):
+    bad = int(np.argmin(np.isfinite(losses)))
+    raise TrainingDiverged(
+        f"loss became {losses[bad]} at step {step - k + 1 + bad}; stopped; lower "
+        f"optimizer.learning_rate ({learning_rate:g}) or check the data")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       datasets: dict[str, data_base.Dataset] | data_base.DataSplits,
+                       log: Log = _log, allow_changed_config: bool = False,
+                       allow_extend: bool = False) -> tuple[TrainState, Experiment]:
+  """Trains ``config.train.steps`` steps, logging, evaluating and checkpointing as it goes.
+
+  Restarts from the newest intact checkpoint in ``workdir`` if there is one (refusing a
+  workdir whose run was defined by another config unless ``allow_changed_config``, or with
+  fewer steps; more steps only with ``allow_extend``, to extend a finished run). Stops
+  at the first non-finite loss (:class:`TrainingDiverged`), keeping the last good
+  checkpoint. Returns the final state and the experiment that produced it.
+  """
+  splits = (datasets if isinstance(datasets, data_base.DataSplits)
+            else data_base.DataSplits.from_datasets(datasets))
+  train_cfg = config.train
+  steps, batch, chunk = int(train_cfg.steps), int(train_cfg.batch_size), int(train_cfg.chunk_steps)
+  if steps <= 0 or batch <= 0 or chunk <= 0:
+    raise ValueError(f"train.steps, train.batch_size and train.chunk_steps must be > 0, got "
+                     f"{steps}, {batch}, {chunk}")
+  is_writer = jax.process_index() == 0
+  log = log if is_writer else (lambda msg: None)
+  mesh = parallel.make_mesh(int(train_cfg.num_devices))
+  check_batch_split(batch, mesh.size, int(train_cfg.microbatches))
+  with workdir_lib.WorkdirLock(workdir, is_writer=is_writer):
+    workdir_lib.check_same_run(workdir, config.to_dict(), allow_extend=allow_extend,
+                               override=allow_changed_config, log=log)
+    exp = build_experiment(config, splits.sample_input)
+    ckpt = checkpoint_lib.Checkpointer(workdir)
+    state, restored = ckpt.restore_latest_intact(exp.init_state, log)
+    if state is None:
+      state = exp.init_state
+    else:
+      log(f"resumed from step {restored} in {workdir}")
+    workdir_lib.record_run(workdir, config.to_dict(), is_writer=is_writer)
+    state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
+    ckpt.close()
+  return state, exp
+
+
+def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state: TrainState,
+           mesh, ckpt, log: Log, is_writer: bool) -> TrainState:
+  train_cfg = config.train
+  steps, batch = int(train_cfg.steps), int(train_cfg.batch_size)
+  start = int(state.step)
+  if splits.stream_train is not None:
+    train_input = streamed_input(splits.stream_train(start), mesh)
+  elif jax.process_count() > 1:
+    train_input = streamed_input(data_base.local_batches(
+        splits.train, config.seed, start, batch, jax.process_index(), jax.process_count()), mesh)
+  else:
+    train_input = in_memory_input(splits.train, config.seed, batch, mesh)
+  chunk_fn = make_chunk_fn(
+      make_train_step(exp.model, exp.tx, exp.reparam, float(train_cfg.label_smoothing),
+                      augment_lib.get_augment(train_cfg.augment), int(train_cfg.microbatches)),
+      train_input.batch_fn, unroll=bool(train_cfg.unroll) or 1,
+      batch_sharding=parallel.batch_sharding(mesh) if mesh.size > 1 else None)
+  evaluate = make_eval_fn(exp.model, exp.reparam, int(train_cfg.eval_batch_size), mesh)
+  writer = metrics_lib.MetricsWriter(workdir, is_writer=is_writer, start_step=start)
+  state = parallel.replicate(state, mesh)
+  t0, last_good = time.time(), ckpt.latest_step()
+
+  def on_chunk(state: TrainState, k: int, metrics: dict[str, np.ndarray]) -> None:
+    nonlocal last_good
+    s = int(state.step)
+    try:
+      check_finite_loss(metrics, s, k, float(config.optimizer.learning_rate))
+    except TrainingDiverged as e:
+      writer.close()
+      where = f"last good checkpoint: step {last_good}" if last_good else "no checkpoint yet"
+      raise TrainingDiverged(f"{e} ({where} in {workdir})") from None
+    crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
+    record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},
+              "learning_rate": float(exp.learning_rate(s - 1))}
+    masks = forward_masks(state.opt_state)
+    if crossed(train_cfg.eval_every) or s == steps:
+      if splits.validation is not None:
+        record["validation_accuracy"] = evaluate(state.params, state.net_state,
+                                                 splits.validation, masks)
+    if s == steps and splits.test is not None:
+      record["test_accuracy"] = evaluate(state.params, state.net_state, splits.test, masks)
+    if masks is not None:
+      record["sparsity"] = masks_lib.sparsity_of(jax.device_get(masks), exp.reparam.predicate)
+    elapsed = time.time() - t0
+    record["images_per_s"] = (s - start) * int(train_cfg.batch_size) / max(elapsed, 1e-9)
+    if crossed(train_cfg.log_every) or s == steps:
+      log(metrics_lib.format_progress(s, steps, record, record["images_per_s"], elapsed,
+                                      start_step=start))
+    writer.write(record)
+    if crossed(train_cfg.checkpoint_every) or s == steps:
+      ckpt.save(s, state)
+      last_good = s
+
+  try:
+    state = run_steps(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps), on_chunk)
+  finally:
+    writer.close()
+  return state
+
+
+def check_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None,
+                 num_devices: Optional[int] = None) -> None:
+  """Checks every field a training run reads, before any data is loaded or step is taken: the
+  run's own (alpha, seed, ``train``) here, and each piece's by the code that builds it
+  (``data``, ``model``, ``optimizer``, ``sparsity``). ``num_train`` (once the data are
+  loaded) also bounds the batch size; each of ``train.microbatches`` parts of it must split
+  over ``num_devices`` (the mesh size; :func:`check_batch_split`). Raises
+  :class:`~powerprop_jax.checks.ConfigError`."""
+  from powerprop_jax.experiment import data, models  # pylint: disable=g-import-not-at-top
+  try:
+    transform.validate_alpha(config.alpha)
+  except ValueError as e:
+    raise checks.ConfigError(f"alpha: {e}") from None
+  checks.integer(config.seed, "seed")
+  data.check_config(config.data)
+  models.check_config(config.model)
+  t = config.train
+  steps = checks.integer(t.steps, "train.steps", 1)
+  batch = checks.integer(t.batch_size, "train.batch_size", 1)
+  microbatches = checks.integer(t.microbatches, "train.microbatches", 1)
+  for field in ("chunk_steps", "eval_batch_size"):
+    checks.integer(t[field], f"train.{field}", 1)
+  for field in ("num_devices", "log_every", "eval_every", "checkpoint_every"):
+    checks.integer(t[field], f"train.{field}")
+  checks.choice(t.augment, "train.augment", sorted(augment_lib.AUGMENTATIONS))
+  checks.fraction(t.label_smoothing, "train.label_smoothing")
+  check_batch_split(batch, num_devices or 1, microbatches)
+  if num_train is not None and batch > num_train:
+    raise checks.ConfigError(f"train.batch_size={batch} exceeds the {num_train} training "
+                             f"examples of {config.data.name}; lower train.batch_size")
+  optim.check_config(config.optimizer, steps)
+  builders.check_config(config.sparsity, steps)
+
+
+def check_batch_split(batch_size: int, num_devices: int, microbatches: int = 1) -> None:
+  """ConfigError unless the global ``train.batch_size`` splits into ``microbatches`` equal
+  parts that each split evenly over the ``num_devices`` devices of the mesh. (Evaluation
+  batches are padded instead: any size runs.)"""
+  unit = num_devices * microbatches
+  if batch_size % unit:
+    raise checks.ConfigError(
+        f"train.batch_size={batch_size} must be a multiple of {unit} = {num_devices} devices "
+        f"(of all hosts) x train.microbatches={microbatches}; e.g. "
+        f"{parallel.padded_batch(batch_size, unit)}")
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, log: Log = _log,
+                   allow_changed_config: bool = False, allow_extend: bool = False
+                   ) -> dict[str, Any]:
+  """What ``scripts/train.py`` runs: validate the config, join the other hosts if asked,
+  load (or stream) the data, train and evaluate. Returns the final metrics record."""
+  from powerprop_jax.experiment.data import inputs  # pylint: disable=g-import-not-at-top
+  parallel.maybe_initialize(bool(config.train.distributed))
+  splits = inputs.load_validated(config)
+  train_and_evaluate(config, workdir, splits, log=log,
+                     allow_changed_config=allow_changed_config, allow_extend=allow_extend)
+  if jax.process_index() != 0:
+    return {}
+  records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return records[-1] if records else {}
