@@ -67,7 +67,8 @@ def to_sparse(params: PyTree, fmt: Literal["bcoo", "bcsr"] = "bcoo",
 
   ``fmt="bcoo"``: ``BCOO`` of W, ``[in, out]``; ``fmt="bcsr"``: ``BCSR`` of W^T,
   ``[out, in]``. Built on the host from W's non-zeros (call outside jit); the number of
-  stored entries is W's non-zero count. Other leaves are unchanged; a predicate selecting nothing raises ValueError.
+  stored entries is W's non-zero count. Other leaves are unchanged; a predicate selecting
+  nothing raises ValueError.
   """
   if fmt not in FORMATS:
     raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")

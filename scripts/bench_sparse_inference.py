@@ -6,8 +6,8 @@
 Models: LeNet-300-100 (784-300-100-10) and a wide MLP (W-W-W-10, input W; --width, default
 2048). Every kernel is pruned to the sparsity at random (uniform per layer, biases dense)
 and run through ``sparse_inference.mlp_apply`` three ways, each jitted: dense kernels,
-BCOO kernels ``[in, out]`` (the bcoo_dot_general that ``sparse_apply`` gives a Haiku model) and BCSR
-kernels stored transposed. Latency is the median of repeats after a warm-up call, the three
+BCOO kernels ``[in, out]`` (the bcoo_dot_general ``sparse_apply`` gives a Haiku model)
+and BCSR kernels stored transposed. Latency is the median of repeats after a warm-up call, the three
 paths timed in interleaved rounds of ~5 ms samples (see ``median_seconds``). The break-even
 is the lowest sparsity of the grid from which on a sparse format is at least as fast as
 dense (none: slower everywhere on the grid). Memory: bytes of the kernels' buffers (values

@@ -54,7 +54,8 @@ def test_ties_go_to_the_lower_index_and_n_may_be_traced():
 def test_check_nm_refuses_a_wrong_count():
   masks = structured.nm_masks(_params(), 2, 4)
   masks["dense"]["w"] = masks["dense"]["w"].at[0, 0].set(~masks["dense"]["w"][0, 0])
-  with pytest.raises(ValueError, match=r"'dense/w' is not 2:4: 1 of 24 groups .* group \(0, 0\) keeps 3"):
+  with pytest.raises(ValueError,
+                     match=r"'dense/w' is not 2:4: 1 of 24 groups .* group \(0, 0\) keeps 3"):
     structured.check_nm(masks, 2, 4)
 
 
