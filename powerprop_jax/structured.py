@@ -115,9 +115,10 @@ def nm_compress(w: Any, n: int, m: int) -> tuple[Any, Any]:
 
   ``indices`` (uint8 for m <= 256, else uint16) are each group's kept in-group positions
   in ascending order, ``values`` the weights there: the non-zeros, padded with the
-  lowest-position zeros when a group has fewer than n. NumPy in, NumPy out (any dtype,
-  bit-exact; jax arrays give jax arrays). Raises ValueError if a group has more than n
-  non-zeros (``w != 0``).
+  lowest-position zeros when a group has fewer than n. NumPy in, NumPy out (any dtype;
+  jax arrays give jax arrays). Exact, except that -0.0 counts as a zero and may come back
+  as +0.0: compress an unsigned-integer view of the bits to keep it (as ``export`` does).
+  Raises ValueError if a group has more than n non-zeros (``w != 0``).
   """
   xp = jnp if isinstance(w, jax.Array) else np
   parse_structure(f"{n}:{m}")
