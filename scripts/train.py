@@ -3,7 +3,7 @@
   python scripts/train.py --config=configs/mnist_oneshot.py --config.alpha=4 \
       --config.data.dir=../shared/data/mnist --workdir=runs/mnist_a4
 
-Writes ``metrics.jsonl`` (one JSON object per chunk of steps), TensorBoard event files
+Writes ``metrics.jsonl`` (one JSON object per log, eval or checkpoint step), TensorBoard event files
 (``tensorboard/``), ``config.json`` and orbax checkpoints to the workdir; only process 0
 writes on a multi-host run (``--config.train.distributed=True`` on every host).
 """
@@ -13,7 +13,7 @@ import os
 from absl import flags
 import jax
 
-from powerprop_jax import cli, results, train
+from powerprop_jax.experiment import cli, results, train
 
 cli.define_flags()
 FLAGS = flags.FLAGS

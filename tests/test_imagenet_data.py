@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from array_record.python.array_record_module import ArrayRecordWriter
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
 from PIL import Image
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import parallel
-from powerprop_jax.data import imagenet
-from powerprop_jax.data.base import DataError, batch_indices
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import parallel
+from powerprop_jax.experiment.data import base as data_base
+from powerprop_jax.experiment.data import imagenet
+from powerprop_jax.experiment.data.base import DataError, batch_indices
 
 SIZE = 16
 LO = (0.0 - imagenet.MEAN) / imagenet.STD   # normalised range per channel
@@ -112,11 +114,11 @@ def disk_dir(tmp_path_factory) -> str:
 
 
 def _check_batch(batch: dict, local: int, eval_: bool = False) -> None:
-  assert batch["image"].shape == (local, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (local, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
   assert batch["label"].shape == (local,) and batch["label"].dtype == np.int32
   if eval_:
     assert batch["mask"].shape == (local,) and batch["mask"].dtype == np.bool_
-  img = batch["image"]
+  img = imagenet.normalise(batch["image"])
   assert np.all(img >= LO - 1e-5) and np.all(img <= HI + 1e-5)
 
 
@@ -141,7 +143,7 @@ def test_arrayrecord_jpegs_end_to_end(disk_dir):
   assert isinstance(imagenet.open_source(disk_dir, "train")[0]["image"], bytes)  # not decoded
   (b,) = _take(imagenet.train_batches(_config(disk_dir), 4, 1, 0, 0, 1), 1)
   _check_batch(b, 4)
-  assert b["image"].std() > 0.1
+  assert imagenet.normalise(b["image"]).std() > 0.1
   evals = list(imagenet.eval_batches(_config(disk_dir), "validation", 4, 0, 1))
   assert len(evals) == 2 and sum(int(e["mask"].sum()) for e in evals) == 5
   for e in evals:
@@ -156,8 +158,8 @@ def test_eval_preprocessing_is_resize_then_centre_crop():
   assert (top, left) == (pytest.approx((375 - h) / 2), pytest.approx((500 - w) / 2))
   flat = Image.new("RGB", (500, 375), (255, 0, 128))
   out = imagenet.eval_image(np.asarray(flat), SIZE)   # already decoded, as from mock data
-  np.testing.assert_allclose(out, np.broadcast_to(imagenet.normalise(
-      np.array([255, 0, 128], np.uint8)), out.shape), atol=1e-5)
+  np.testing.assert_array_equal(out, np.broadcast_to(np.array([255, 0, 128], np.uint8),
+                                                    out.shape))
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -196,7 +198,7 @@ def test_flip_is_applied_half_the_time():
   for t in range(40):
     box, flip = imagenet.augment_params(7, t, 120, 160)
     crop = imagenet.crop_resize(Image.open(io.BytesIO(data)), box, SIZE)
-    expected = imagenet.normalise(crop[:, ::-1] if flip else crop)
+    expected = crop[:, ::-1] if flip else crop
     np.testing.assert_array_equal(imagenet.train_image(data, 7, t, SIZE), expected)
     flips.append(flip)
   assert 10 < sum(flips) < 30
@@ -210,6 +212,9 @@ def test_normalise_uses_imagenet_mean_and_std():
   np.testing.assert_allclose(out, [[-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
                                    [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225]], rtol=1e-5)
   assert out.dtype == np.float32
+  on_device = data_base.normalise_uint8({"image": jnp.asarray([[0, 0, 0], [255, 255, 255]],
+                                                               jnp.uint8)})["image"]
+  np.testing.assert_allclose(on_device, out, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the sampler
@@ -337,7 +342,7 @@ def test_distributed_env_detection():
 
 GLOBAL_BATCH_SCRIPT = """
 import numpy as np, jax
-from powerprop_jax import parallel
+from powerprop_jax.experiment import parallel
 mesh = parallel.make_mesh()
 assert mesh.size == 4
 local = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "label": np.arange(8)}

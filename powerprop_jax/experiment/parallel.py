@@ -13,13 +13,17 @@ the same program runs everywhere.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+import queue
+import threading
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
+T = TypeVar("T")
 AXIS = "data"
 
 
@@ -127,3 +131,52 @@ def global_batch(local_batch: PyTree, mesh: Mesh, stacked_steps: bool = False) -
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   """Copies every array of ``tree`` to all devices of ``mesh``."""
   return jax.device_put(tree, replicated(mesh))
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, float]]:
+  """``items`` made by a background thread up to ``depth`` ahead of the consumer.
+
+  Yields (item, seconds the consumer waited for it). Make each item a device array (e.g. a
+  ``global_batch``): then reading, stacking and the host-to-device transfer of the next
+  items run while the devices compute on this one (as flax's ``prefetch_to_device``). An
+  exception in the thread is raised in the consumer; closing the generator stops the thread.
+  """
+  if depth < 1:
+    raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+  slots: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def put(entry) -> bool:
+    while not stop.is_set():
+      try:
+        slots.put(entry, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce() -> None:
+    try:
+      for item in items:
+        if not put((item, None)):
+          return
+      put((_END, None))
+    except BaseException as e:  # pylint: disable=broad-except (re-raised in the consumer)
+      put((None, e))
+
+  threading.Thread(target=produce, daemon=True, name="prefetch").start()
+  try:
+    while True:
+      t0 = time.perf_counter()
+      item, error = slots.get()
+      waited = time.perf_counter() - t0
+      if error is not None:
+        raise error
+      if item is _END:
+        return
+      yield item, waited
+  finally:
+    stop.set()

@@ -15,6 +15,14 @@ computed on the host from (seed, step); for streamed data (ImageNet) each chunk 
 global batches assembled from every host's local batches. Either way the batch of step s
 is a pure function of (seed, s), so a resumed run sees exactly the batches an
 uninterrupted one would, on any number of hosts.
+
+Input, transfer and compute overlap: a background thread prepares the next chunks' inputs
+on the devices (``parallel.prefetch``; streamed images travel as uint8 and are normalised on
+the device) while the current chunk runs, and the host reads metrics back only at log, eval
+and checkpoint boundaries. Each record in ``metrics.jsonl`` / TensorBoard holds the means over
+the steps since the previous one and their timing: ``images_per_s`` and ``step_time_s``
+(compilation, evaluation and checkpointing excluded) and ``input_wait_fraction`` (the share
+of that wall time the loop waited for input: near 0 when compute bounds the run).
 """
 
 from __future__ import annotations
@@ -216,11 +224,20 @@ class TrainInput(NamedTuple):
 
 def in_memory_input(dataset: data_base.Dataset, seed: int, batch_size: int,
                     mesh: jax.sharding.Mesh) -> TrainInput:
-  """The data on every device, batches gathered inside the scan from host-computed indices."""
+  """The data on every device, batches gathered inside the scan from host-computed indices
+  (sent to the devices by the feed, so a prefetching driver overlaps the transfer)."""
   n = len(dataset.labels)
-  return TrainInput(parallel.replicate(data_base.Dataset(*dataset), mesh),
-                    data_base.gather_batch,
-                    lambda step, k: data_base.batch_indices(seed, step, k, batch_size, n))
+  return TrainInput(
+      parallel.replicate(data_base.Dataset(*dataset), mesh), data_base.gather_batch,
+      lambda step, k: parallel.replicate(
+          data_base.batch_indices(seed, step, k, batch_size, n), mesh))
+
+
+def stack_steps(local: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """K local batches -> one (K, B/P, ...) batch (K = 1: a view, no copy)."""
+  if len(local) == 1:
+    return {key: value[None] for key, value in local[0].items()}
+  return {key: np.stack([b[key] for b in local]) for key in local[0]}
 
 
 def streamed_input(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
@@ -228,32 +245,65 @@ def streamed_input(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sha
   """Batches from a host iterator of this process's local batches, one per step, in order.
 
   Each chunk stacks K local batches and assembles the global (K, B, ...) arrays over every
-  device of every host (``parallel.global_batch``).
+  device of every host (``parallel.global_batch``). uint8 images are normalised on the
+  device, inside the step (``data_base.normalise_uint8``).
   """
 
   def feed(step: int, k: int):
     del step  # the iterator was started at the run's first step
-    local = [next(local_batches) for _ in range(k)]
-    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
-    return parallel.global_batch(stacked, mesh, stacked_steps=True)
+    local = stack_steps([next(local_batches) for _ in range(k)])
+    return parallel.global_batch(local, mesh, stacked_steps=True)
 
-  return TrainInput(None, lambda _, batch: batch, feed)
+  return TrainInput(None, lambda _, batch: data_base.normalise_uint8(batch), feed)
+
+
+def chunk_plan(start: int, until: int, chunk_steps: int) -> list[tuple[int, int]]:
+  """(first step, number of steps) of each chunk from ``start`` to ``until``."""
+  return [(s, min(chunk_steps, until - s)) for s in range(start, until, chunk_steps)]
+
+
+class Chunk(NamedTuple):
+  """One chunk's result: the state after it, its (k,) per-step metrics (device arrays, not
+  fetched) and the seconds the driver waited for its input."""
+  state: TrainState
+  k: int
+  metrics: dict[str, jax.Array]
+  input_wait_s: float
+
+
+def iterate_chunks(state: TrainState, chunk_fn: Callable, train_input: TrainInput, until: int,
+                   chunk_steps: int, prefetch: int = 2) -> Iterator[Chunk]:
+  """The chunked driver: runs ``state`` from its step to ``until`` in chunks of at most
+  ``chunk_steps`` and yields each :class:`Chunk` as soon as it is dispatched.
+
+  The feed runs ``prefetch`` chunks ahead in a background thread (``parallel.prefetch``), so
+  input, host-to-device transfer and compute overlap. Nothing is read back to the host; at
+  most ``prefetch`` chunks are queued on the devices (older ones are waited for).
+  """
+  plan = chunk_plan(int(state.step), until, chunk_steps)
+  inputs = parallel.prefetch((train_input.feed(s, k) for s, k in plan), prefetch)
+  in_flight: list[jax.Array] = []
+  try:
+    for (_, k), (xs, waited) in zip(plan, inputs):
+      state, metrics = chunk_fn(state, train_input.data, xs)
+      in_flight.append(metrics["loss"])
+      if len(in_flight) > prefetch:
+        jax.block_until_ready(in_flight.pop(0))
+      yield Chunk(state, k, metrics, waited)
+  finally:
+    inputs.close()
 
 
 def run_steps(state: TrainState, chunk_fn: Callable, train_input: TrainInput, until: int,
               chunk_steps: int,
               on_chunk: Optional[Callable[[TrainState, int, dict[str, np.ndarray]], None]] = None
               ) -> TrainState:
-  """The chunked driver: runs ``state`` from its step to ``until`` in chunks of at most
-  ``chunk_steps``; after each chunk calls ``on_chunk(state, k, metrics)`` with the chunk's
-  per-step metrics as (k,) host arrays."""
-  step = int(state.step)
-  while step < until:
-    k = min(chunk_steps, until - step)
-    state, metrics = chunk_fn(state, train_input.data, train_input.feed(step, k))
-    step += k
+  """:func:`iterate_chunks` to ``until``, calling ``on_chunk(state, k, metrics)`` after each
+  chunk with its per-step metrics as (k,) host arrays (one host round trip per chunk)."""
+  for chunk in iterate_chunks(state, chunk_fn, train_input, until, chunk_steps):
+    state = chunk.state
     if on_chunk is not None:
-      on_chunk(state, k, jax.device_get(metrics))
+      on_chunk(state, chunk.k, jax.device_get(chunk.metrics))
   return state
 
 
@@ -273,6 +323,7 @@ def make_eval_fn(model: Any, reparam: Reparam, batch_size: int = 10_000,
 
   @jax.jit
   def correct(params, net_state, masks, batch):
+    batch = data_base.normalise_uint8(batch)
     w = transform.effective_params(params, reparam.alpha, reparam.predicate)
     if masks is not None:
       w = masks_lib.apply_masks(w, masks)
@@ -395,18 +446,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state, exp
 
 
+def _train_input(config, splits: data_base.DataSplits, start: int, mesh) -> TrainInput:
+  batch = int(config.train.batch_size)
+  if splits.stream_train is not None:
+    return streamed_input(splits.stream_train(start), mesh)
+  if jax.process_count() > 1:
+    return streamed_input(data_base.local_batches(
+        splits.train, config.seed, start, batch, jax.process_index(), jax.process_count()), mesh)
+  return in_memory_input(splits.train, config.seed, batch, mesh)
+
+
+class Window:
+  """What the driver gathers between two host reads (a log, eval or checkpoint boundary):
+  the chunks' device metrics, and the wall time, steps and input waits to time it by. The
+  first chunk of a run (the compilation) is left out of the timing."""
+
+  def __init__(self) -> None:
+    self.metrics: list[dict[str, jax.Array]] = []
+    self.steps = self.timed_steps = 0
+    self.input_wait_s = 0.0
+    self.t0: Optional[float] = None
+
+  def add(self, chunk: Chunk) -> None:
+    self.metrics.append(chunk.metrics)
+    self.steps += chunk.k
+    if self.t0 is None:   # the run's first chunk: wait for it, then start the clock
+      jax.block_until_ready(chunk.metrics)
+      self.t0 = time.perf_counter()
+    else:
+      self.timed_steps += chunk.k
+      self.input_wait_s += chunk.input_wait_s
+
+  def fetch(self) -> dict[str, np.ndarray]:
+    """The window's per-step metrics on the host, (steps,) each (the one host round trip)."""
+    host = jax.device_get(self.metrics)
+    return {key: np.concatenate([np.asarray(m[key]).reshape(-1) for m in host])
+            for key in host[0]}
+
+  def timing(self, batch_size: int) -> dict[str, float]:
+    """images_per_s, step_time_s and input_wait_fraction of the timed steps (none: {})."""
+    elapsed = time.perf_counter() - self.t0
+    if not self.timed_steps or elapsed <= 0:
+      return {}
+    return {"images_per_s": self.timed_steps * batch_size / elapsed,
+            "step_time_s": elapsed / self.timed_steps,
+            "input_wait_fraction": min(1.0, self.input_wait_s / elapsed)}
+
+  def restart(self) -> None:
+    """A new window whose clock starts now (after the boundary's eval and checkpoint)."""
+    t0 = self.t0
+    self.__init__()
+    self.t0 = time.perf_counter() if t0 is not None else None
+
+
 def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state: TrainState,
            mesh, ckpt, log: Log, is_writer: bool) -> TrainState:
+  """The loop: chunks are dispatched back to back; the host reads metrics (and masks'
+  sparsity) only at log, eval and checkpoint boundaries, where the non-finite-loss check
+  runs over every step since the last one (so it may lag, but names the first bad step and
+  never saves a checkpoint after it)."""
   train_cfg = config.train
   steps, batch = int(train_cfg.steps), int(train_cfg.batch_size)
   start = int(state.step)
-  if splits.stream_train is not None:
-    train_input = streamed_input(splits.stream_train(start), mesh)
-  elif jax.process_count() > 1:
-    train_input = streamed_input(data_base.local_batches(
-        splits.train, config.seed, start, batch, jax.process_index(), jax.process_count()), mesh)
-  else:
-    train_input = in_memory_input(splits.train, config.seed, batch, mesh)
+  train_input = _train_input(config, splits, start, mesh)
   chunk_fn = make_chunk_fn(
       make_train_step(exp.model, exp.tx, exp.reparam, float(train_cfg.label_smoothing),
                       augment_lib.get_augment(train_cfg.augment), int(train_cfg.microbatches)),
@@ -416,40 +518,47 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
   writer = metrics_lib.MetricsWriter(workdir, is_writer=is_writer, start_step=start)
   state = parallel.replicate(state, mesh)
   t0, last_good = time.time(), ckpt.latest_step()
+  window = Window()
 
-  def on_chunk(state: TrainState, k: int, metrics: dict[str, np.ndarray]) -> None:
+  def crossed(n: int, s: int, k: int) -> bool:
+    return bool(n) and s // n > (s - k) // n
+
+  def on_boundary(state: TrainState, s: int, metrics: dict[str, np.ndarray],
+                  save: bool, evaluate_now: bool) -> None:
     nonlocal last_good
-    s = int(state.step)
     try:
-      check_finite_loss(metrics, s, k, float(config.optimizer.learning_rate))
+      check_finite_loss(metrics, s, len(metrics["loss"]), float(config.optimizer.learning_rate))
     except TrainingDiverged as e:
-      writer.close()
       where = f"last good checkpoint: step {last_good}" if last_good else "no checkpoint yet"
       raise TrainingDiverged(f"{e} ({where} in {workdir})") from None
-    crossed = lambda n: bool(n) and s // n > (s - k) // n  # noqa: E731
     record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},
-              "learning_rate": float(exp.learning_rate(s - 1))}
+              "learning_rate": float(exp.learning_rate(s - 1)), **window.timing(batch)}
     masks = forward_masks(state.opt_state)
-    if crossed(train_cfg.eval_every) or s == steps:
-      if splits.validation is not None:
-        record["validation_accuracy"] = evaluate(state.params, state.net_state,
-                                                 splits.validation, masks)
+    if evaluate_now and splits.validation is not None:
+      record["validation_accuracy"] = evaluate(state.params, state.net_state, splits.validation,
+                                               masks)
     if s == steps and splits.test is not None:
       record["test_accuracy"] = evaluate(state.params, state.net_state, splits.test, masks)
     if masks is not None:
       record["sparsity"] = masks_lib.sparsity_of(jax.device_get(masks), exp.reparam.predicate)
-    elapsed = time.time() - t0
-    record["images_per_s"] = (s - start) * int(train_cfg.batch_size) / max(elapsed, 1e-9)
-    if crossed(train_cfg.log_every) or s == steps:
-      log(metrics_lib.format_progress(s, steps, record, record["images_per_s"], elapsed,
-                                      start_step=start))
+    if crossed(train_cfg.log_every, s, window.steps) or s == steps:
+      log(metrics_lib.format_progress(s, steps, record, record.get("images_per_s", 0.0),
+                                      time.time() - t0, start_step=start))
     writer.write(record)
-    if crossed(train_cfg.checkpoint_every) or s == steps:
+    if save:
       ckpt.save(s, state)
       last_good = s
 
+  s = start
   try:
-    state = run_steps(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps), on_chunk)
+    for chunk in iterate_chunks(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps)):
+      state, s = chunk.state, s + chunk.k
+      window.add(chunk)
+      due = {n: crossed(int(train_cfg[f"{n}_every"]), s, window.steps) or s == steps
+             for n in ("log", "eval", "checkpoint")}
+      if any(due.values()):
+        on_boundary(state, s, window.fetch(), save=due["checkpoint"], evaluate_now=due["eval"])
+        window.restart()
   finally:
     writer.close()
   return state

@@ -8,11 +8,14 @@ import dataclasses
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from powerprop_jax import checks
 
 Batch = dict[str, jax.Array]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)   # per RGB channel, of x / 255
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DataError(checks.UserError):
@@ -49,6 +52,19 @@ def batch_indices(seed: int, start_step: int, num_steps: int, batch_size: int, n
 def gather_batch(data: Dataset, idx: jax.Array) -> Batch:
   """{"image": data.images[idx], "label": data.labels[idx]} (on device inside jit)."""
   return {"image": data.images[idx], "label": data.labels[idx]}
+
+
+def normalise_uint8(batch: Batch) -> Batch:
+  """uint8 images (..., 3) -> float32 ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD`` per
+  channel, on the device (inside jit); a batch of any other image dtype is returned as is.
+
+  Streamed images cross the host-to-device link as uint8 (4x fewer bytes than float32).
+  """
+  images = batch["image"]
+  if images.dtype != jnp.uint8:
+    return batch
+  mean, std = jnp.asarray(IMAGENET_MEAN, jnp.float32), jnp.asarray(IMAGENET_STD, jnp.float32)
+  return {**batch, "image": (images.astype(jnp.float32) / 255.0 - mean) / std}
 
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
