@@ -9,7 +9,7 @@ Prune-and-evaluate: as MNIST (the base config's ``prune`` fields).
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

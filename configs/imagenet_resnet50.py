@@ -25,14 +25,14 @@ momentum 0.9, learning rate 0.1 per 256 images (1.6 at batch 4096) with a 5-epoc
 warm-up and x0.1 at epochs 30, 70 and 90, weight decay 1e-4, label smoothing 0.1.
 Epochs become steps at ``EPOCH_IMAGES / BATCH_SIZE`` steps per epoch; the warm-up is given
 in steps and the decay points as fractions of training (what ``train.make_optimizer``
-reads). Every field and its default: ``powerprop_jax/config.py``.
+reads). Every field and its default: ``powerprop_jax/experiment/config.py``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 EPOCH_IMAGES = 1_281_167      # ImageNet-2012 training images
 BATCH_SIZE = 4096

@@ -11,7 +11,7 @@ keeping both dense would leave 90% sparsity to be met by the 30k-weight middle l
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ number of tasks it accommodated is a result.
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ rate is tuned per (method, sparsity, alpha) on the validation split over
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,11 +5,14 @@
     with pp.haiku.powerprop(alpha=4.0): ...    # reparameterise any Haiku model
     tx = pp.powerprop_optimizer(optax.sgd(0.1), alpha=4.0)   # any model (Flax, Haiku, JAX)
 
-The core needs only jax, optax and numpy: ``pp.haiku`` imports Haiku when first used.
+The core needs only jax, optax and numpy: ``pp.haiku`` imports Haiku when first used. The
+experiment harness (config, training driver, data, models, checkpoints, scripts' plumbing) is
+:mod:`powerprop_jax.experiment`; it imports the library, never the other way round.
 """
 
 import importlib
 from typing import Any
+import warnings
 
 from powerprop_jax import sparsity
 from powerprop_jax.masks import (apply_masks, check_masks, keep_fractions, magnitude_masks,
@@ -21,7 +24,7 @@ from powerprop_jax.transform import (Reparam, effective_params, inverse_powerpro
                                      powerprop_derivative, reparameterise_init, selected,
                                      selected_leaves, validate_alpha, weights_only)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Reparam", "apply_masks", "check_masks", "effective_params", "haiku", "inverse_powerprop",
@@ -32,7 +35,16 @@ __all__ = [
 ]
 
 
+# Harness modules that lived beside the library before version 0.3.
+_MOVED = ("checkpoint", "cli", "config", "data", "metrics", "models", "parallel", "reproduce",
+          "results", "sweep", "train", "workdir")
+
+
 def __getattr__(name: str) -> Any:
   if name == "haiku":  # Haiku is optional for the core: load it on first use
     return importlib.import_module("powerprop_jax.haiku")
+  if name in _MOVED:
+    warnings.warn(f"powerprop_jax.{name} moved to powerprop_jax.experiment.{name} in version "
+                  "0.3; import it from there", DeprecationWarning, stacklevel=2)
+    return importlib.import_module(f"powerprop_jax.experiment.{name}")
   raise AttributeError(f"module 'powerprop_jax' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import optax
 
-from powerprop_jax import transform
+from powerprop_jax import checks, transform
 from powerprop_jax.transform import ParamPredicate, weights_only
 
 
@@ -65,7 +65,7 @@ def powerprop_optimizer(inner: optax.GradientTransformation, alpha: float,
 def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
   """lr(step) of a config's ``optimizer`` section.
 
-  Fields (defaults in ``powerprop_jax.config.base``): learning_rate, schedule (constant |
+  Fields (defaults in ``powerprop_jax.experiment.config.base``): learning_rate, schedule (constant |
   cosine | piecewise), warmup_steps (linear warm-up from 0), boundaries (fractions of
   ``total_steps`` where the piecewise schedule multiplies the lr by decay_factor).
   """
@@ -96,6 +96,22 @@ def learning_rate_schedule(config: Any, total_steps: int) -> optax.Schedule:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
   return schedule
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def check_config(config: Any, total_steps: int) -> None:
+  """Checks an ``optimizer`` section (one line naming the field) by building its optimizer."""
+  checks.choice(config.name, "optimizer.name", OPTIMIZERS)
+  checks.fraction(config.momentum, "optimizer.momentum", 0.0, 1.0)
+  checks.positive(config.weight_decay, "optimizer.weight_decay", allow_zero=True)
+  checks.positive(config.decay_factor, "optimizer.decay_factor")
+  checks.integer(config.warmup_steps, "optimizer.warmup_steps")
+  try:
+    make_optimizer(config, total_steps)
+  except ValueError as e:
+    raise checks.ConfigError(str(e)) from None
 
 
 def make_optimizer(config: Any, total_steps: int, weight_decay_mask: Any = None

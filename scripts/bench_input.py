@@ -2,7 +2,7 @@
 
   python scripts/bench_input.py [--workers 0] [--batch 64] [--steps 20] [--out bench.json]
 
-Runs the library's own train pipeline (``powerprop_jax.data.imagenet.train_batches``, the
+Runs the library's own train pipeline (``powerprop_jax.experiment.data.imagenet.train_batches``, the
 same per-example code as on tfds ArrayRecord, fed from an in-memory record source) over 64
 random-content JPEGs of ImageNet sizes (500x375, 500x333, 375x500, ...; quality 90: random
 colour fields at three scales plus noise, ~105 KB each, near ImageNet's ~110 KB mean).
@@ -27,8 +27,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from powerprop_jax import config as config_lib
-from powerprop_jax.data import imagenet
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment.data import imagenet
 
 SIZES = [(375, 500), (333, 500), (500, 375), (500, 500), (500, 333), (400, 500), (281, 500),
          (375, 500)]   # (height, width): the commonest ImageNet shapes

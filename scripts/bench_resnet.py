@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import train
-from powerprop_jax.data import Dataset
-from powerprop_jax.data import augment as augment_lib
-from powerprop_jax.data import base as data_base
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import train
+from powerprop_jax.experiment.data import Dataset
+from powerprop_jax.experiment.data import augment as augment_lib
+from powerprop_jax.experiment.data import base as data_base
 
 UPDATE_EVERY = 100
 # name -> (alpha, method, mask update every k steps, compute dtype); "*@update" times the

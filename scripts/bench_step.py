@@ -23,8 +23,8 @@ import ml_collections
 import optax
 
 import powerprop_jax as pp
-from powerprop_jax import config as config_lib
-from powerprop_jax import train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import train
 
 ALPHA = 4.0
 BATCH = 60
@@ -118,7 +118,7 @@ def bench(steps: int, rounds: int, batch: int = BATCH) -> dict[str, float]:
 
 def time_sweep(data_dir: str) -> float:
   import tempfile  # pylint: disable=g-import-not-at-top
-  from powerprop_jax import data  # pylint: disable=g-import-not-at-top
+  from powerprop_jax.experiment import data  # pylint: disable=g-import-not-at-top
   datasets = data.load_mnist("idx", data_dir)
   t0 = time.perf_counter()
   with tempfile.TemporaryDirectory() as wd:

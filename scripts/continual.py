@@ -14,44 +14,43 @@ capacity used per task; keep fractions; P and P_s per task), ``results.csv`` (on
 import os
 
 from absl import flags
-import numpy as np
 
-from powerprop_jax import cli, results, sweep
-from powerprop_jax.continual import packnet
-from powerprop_jax.data import inputs
+from powerprop_jax.experiment import cli, results, sweep
+from powerprop_jax.experiment import continual
+from powerprop_jax.experiment.data import inputs
 
 cli.define_flags()
 FLAGS = flags.FLAGS
 
 
-def continual_cell(config, run_dir, datasets, runs, log=print):
-  """Runs one task stream; appends its summary to ``runs``; returns per-task rows."""
-  r = packnet.run_continual(config, datasets, run_dir, log=log)
-  avg = packnet.average_accuracy(r.acc)
-  method = config.continual.method
-  runs.append({"method": method, "alpha": float(config.alpha), "seed": int(config.seed),
-               "acc": [[None if np.isnan(a) else float(a) for a in row] for row in r.acc],
-               "average_accuracy": avg, "capacity_used": r.capacity,
-               "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction,
-               "dense_val": r.dense_val, "pruned_val": r.pruned_val})
-  log(f"   average accuracy {avg:.4f}; capacity per task "
-      + " ".join(f"{c:.4f}" for c in r.capacity) + f" (total {sum(r.capacity):.4f})")
-  return [{"method": method, "task": t, "capacity_used": r.capacity[t],
-           "cumulative_capacity": float(sum(r.capacity[:t + 1])),
-           "keep_fraction": r.keep_fraction[t], "accuracy_after_task": float(r.acc[t, t]),
-           "final_accuracy": float(r.acc[-1, t]), "average_accuracy": avg}
-          for t in range(len(r.capacity))]
+def continual_cell(config, run_dir, datasets, log=print):
+  """Runs (or resumes) one task stream; its summary (``continual.summary``) is the cell's row."""
+  summary = continual.summary(continual.run_continual(config, datasets, run_dir, log=log),
+                              config)
+  log(f"   average accuracy {summary['average_accuracy']:.4f}; capacity per task "
+      + " ".join(f"{c:.4f}" for c in summary["capacity_used"])
+      + f" (total {summary['total_capacity']:.4f})")
+  return [summary]
+
+
+def task_rows(summary):
+  """One CSV row per task of a stream's summary."""
+  acc = summary["acc"]
+  return [{"alpha": summary["alpha"], "seed": summary["seed"], "method": summary["method"],
+           "task": t, "capacity_used": summary["capacity_used"][t],
+           "cumulative_capacity": float(sum(summary["capacity_used"][:t + 1])),
+           "keep_fraction": summary["keep_fraction"][t], "accuracy_after_task": acc[t][t],
+           "final_accuracy": acc[-1][t], "average_accuracy": summary["average_accuracy"]}
+          for t in range(summary["tasks_accommodated"])]
 
 
 def run_sweep(config, workdir, datasets, log=print):
-  """Runs every (alpha, seed); returns (runs for results.json, per-task rows for the CSV)."""
-  runs = []
+  """Runs every (alpha, seed); returns (stream summaries for results.json, per-task rows)."""
   cells = sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
                      seed=[int(s) for s in config.sweep.seeds])
-  rows = sweep.run(config, workdir, cells,
-                   lambda cfg, run_dir, cell: continual_cell(cfg, run_dir, datasets, runs, log),
-                   log)
-  return runs, rows
+  runs = sweep.run(config, workdir, cells,
+                   lambda cfg, run_dir, cell: continual_cell(cfg, run_dir, datasets, log), log)
+  return runs, [row for run in runs for row in task_rows(run)]
 
 
 def plot(path, rows, title):
@@ -72,8 +71,7 @@ def plot(path, rows, title):
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path)
 
 
 def main(argv):
@@ -81,7 +79,8 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    runs, rows = run_sweep(config, FLAGS.workdir, inputs.load_validated(config).as_dict())
+    runs, rows = run_sweep(config, FLAGS.workdir, inputs.load_validated(
+        config, lambda c: continual.check_config(c.continual), sweep.check_config).as_dict())
     results.write_json(os.path.join(FLAGS.workdir, "results.json"), runs)
     results.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
     plot(os.path.join(FLAGS.workdir, "capacity_and_accuracy.png"), rows,

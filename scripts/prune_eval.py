@@ -14,8 +14,9 @@ import os
 
 from absl import flags
 
-from powerprop_jax import cli, curves, masks, models, results, sweep, train, transform
-from powerprop_jax.data import inputs
+from powerprop_jax import curves, masks, transform
+from powerprop_jax.experiment import cli, models, results, sweep, train
+from powerprop_jax.experiment.data import inputs
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -42,7 +43,8 @@ def run_sweep(config, workdir, splits, log=print):
   cells = sweep.grid(alpha=[float(a) for a in config.sweep.alphas],
                      seed=[int(s) for s in config.sweep.seeds])
   return sweep.run(config, workdir, cells,
-                   lambda cfg, run_dir, cell: prune_cell(cfg, run_dir, splits, log), log)
+                   lambda cfg, run_dir, cell: prune_cell(cfg, run_dir, splits, log), log,
+                   check=train.check_config)
 
 
 def write_results(rows, workdir, title):
@@ -58,7 +60,8 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    splits = inputs.load_validated(config)
+    splits = inputs.load_validated(config, lambda c: curves.check_config(c.prune),
+                                   sweep.check_config)
     rows = run_sweep(config, FLAGS.workdir, splits)
     write_results(rows, FLAGS.workdir,
                   f"{config.data.name} {config.model.name}: one-shot pruning "

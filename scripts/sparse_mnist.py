@@ -14,8 +14,9 @@ import os
 
 from absl import flags
 
-from powerprop_jax import cli, masks, results, sweep, train
-from powerprop_jax.data import inputs
+from powerprop_jax import masks
+from powerprop_jax.experiment import cli, results, sweep, train
+from powerprop_jax.experiment.data import inputs
 
 cli.define_flags()
 FLAGS = flags.FLAGS
@@ -52,11 +53,12 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    splits = inputs.load_validated(config)
+    splits = inputs.load_validated(config, sweep.check_config)
     rows = sweep.run(config, FLAGS.workdir, cells(config),
                      lambda cfg, run_dir, cell: sparse_cell(cfg, run_dir, splits),
                      name=lambda c: (f"{c['sparsity.method']}_s{c['sparsity.level']:g}"
-                                     f"_a{c['alpha']:g}_seed{c['seed']}"))
+                                     f"_a{c['alpha']:g}_seed{c['seed']}"),
+                     check=train.check_config)
     results.write_json(os.path.join(FLAGS.workdir, "results.json"), rows)
     results.write_csv(os.path.join(FLAGS.workdir, "results.csv"), rows)
     labelled = [{**r, "run": f"{r['method']} a={r['alpha']:g}"} for r in rows if r["sparsity"]]

@@ -16,16 +16,15 @@ Phases (each resumable; every stream checkpoints after each task):
   accuracy matrix per stream) and ``capacity.png``.
 """
 
-import json
 import os
 
 from absl import flags
 import numpy as np
 
-from powerprop_jax import cli, results, sweep, train
-from powerprop_jax import config as config_lib
-from powerprop_jax.continual import packnet
-from powerprop_jax.data import inputs
+from powerprop_jax import checks
+from powerprop_jax.experiment import cli, files, results, sweep, train
+from powerprop_jax.experiment import continual
+from powerprop_jax.experiment.data import inputs
 
 cli.define_flags()
 flags.DEFINE_enum("phase", "all", ["all", "tune", "runs", "report"], "Which phase to run.")
@@ -33,30 +32,29 @@ flags.DEFINE_string("shard", "0/1", "i/n: run every n-th stream starting at i.")
 FLAGS = flags.FLAGS
 
 
-def _stream(config, workdir, cell, datasets, log):
-  """Runs (or resumes) one stream; its summary is also written to ``summary.json``."""
-  run_dir = os.path.join(workdir, sweep.cell_name(cell))
-  summary_path = os.path.join(run_dir, "summary.json")
-  if os.path.exists(summary_path):
-    return json.load(open(summary_path))
-  cfg = sweep.cell_config(config, cell)
-  tags = {k.rsplit(".", 1)[-1]: v for k, v in cell.items()}
-  try:
-    r = packnet.run_continual(cfg, datasets, run_dir, log=log)
-  except train.TrainingDiverged as e:  # recorded, so a rerun does not retry it
-    summary = {**tags, "diverged": str(e)}
-    results.write_json(summary_path, summary)
-    log(f"diverged: {e}")
-    return summary
-  n = r.num_trained
-  summary = {**tags,
-             "tasks_accommodated": n, "capacity_used": r.capacity[:n],
-             "total_capacity": float(sum(r.capacity)), "keep_fraction": r.keep_fraction[:n],
-             "dense_val": r.dense_val[:n], "pruned_val": r.pruned_val[:n],
-             "average_accuracy": packnet.average_accuracy(r.acc),
-             "acc": [[None if np.isnan(a) else float(a) for a in row[:n]] for row in r.acc[:n]]}
-  results.write_json(summary_path, summary)
-  return summary
+class TuningUnfinished(checks.UserError):
+  """The streams need every alpha's tuned lr, and some tuning run has not finished."""
+
+
+def _stream_cell(config, run_dir, cell, datasets, log):
+  """Runs (or resumes) one stream; its summary is the cell's one row."""
+  del cell
+  return [continual.summary(continual.run_continual(config, datasets, run_dir, log=log),
+                            config)]
+
+
+def _summaries(config, workdir, cells) -> list[dict | None]:
+  """Each cell's stream summary tagged with the cell; ``{"diverged": ...}`` for a stream that
+  diverged; None for one not run yet."""
+  out = []
+  for o in sweep.outcomes(config, workdir, cells):
+    if o.state == sweep.FINISHED:
+      out.append({**o.rows[0], **sweep.tags(o.cell)})
+    elif o.state == sweep.DIVERGED:
+      out.append({**sweep.tags(o.cell), "diverged": o.error})
+    else:
+      out.append(None)
+  return out
 
 
 def _task0_score(summary: dict) -> float:
@@ -76,15 +74,13 @@ def chosen_lr(config, workdir, alpha) -> float:
   from divergence: an lr qualifies if it is the grid's smallest or the next larger one
   did not diverge (an lr at the edge of stability trains task 0 but can diverge on a later
   task or seed)."""
-  summaries = {}
-  for cell in tune_cells(config):
-    if cell["alpha"] != alpha:
-      continue
-    path = os.path.join(workdir, "tune", sweep.cell_name(cell), "summary.json")
-    if not os.path.exists(path):
-      raise ValueError(f"tuning for alpha {alpha:g} has not finished ({path}): run "
-                       "--phase=tune first")
-    summaries[cell["optimizer.learning_rate"]] = json.load(open(path))
+  cells = [c for c in tune_cells(config) if c["alpha"] == alpha]
+  found = _summaries(config, os.path.join(workdir, "tune"), cells)
+  if any(s is None for s in found):
+    raise TuningUnfinished(f"tuning for alpha {alpha:g} has not finished in "
+                           f"{os.path.join(workdir, 'tune')}: run --phase=tune first (every "
+                           "--shard), then --phase=runs")
+  summaries = {c["optimizer.learning_rate"]: s for c, s in zip(cells, found)}
   lrs = sorted(summaries)
   eligible = [lr for i, lr in enumerate(lrs)
               if i == 0 or i + 1 == len(lrs) or "diverged" not in summaries[lrs[i + 1]]]
@@ -119,11 +115,7 @@ def report(config, workdir, log=print):
   ``study_continual.md``; per-task rows in ``results.csv``; every stream's summary in
   ``results.json``; the capacity plot (mean and min..max band over seeds) and the accuracy
   matrices of the first seed."""
-  summaries = []
-  for cell in stream_cells(config, workdir):
-    path = os.path.join(workdir, sweep.cell_name(cell), "summary.json")
-    if os.path.exists(path):
-      summaries.append(json.load(open(path)))
+  summaries = [s for s in _summaries(config, workdir, stream_cells(config, workdir)) if s]
   diverged = [s for s in summaries if "diverged" in s]
   summaries = [s for s in summaries if "diverged" not in s]
   rows = [{"stream": label(s), "method": s["method"], "alpha": s["alpha"], "seed": s["seed"],
@@ -136,8 +128,7 @@ def report(config, workdir, log=print):
   table = summary_table(summaries) + "".join(
       f"\n\nDiverged (not in the means): {label(s)}, lr {s['learning_rate']:g}, seed {s['seed']}: "
       f"{s['diverged']}" for s in diverged)
-  with open(os.path.join(workdir, "study_continual.md"), "w") as f:
-    f.write(table + "\n")
+  files.atomic_write(os.path.join(workdir, "study_continual.md"), table + "\n")
   if rows:
     results.plot_curves(os.path.join(workdir, "capacity.png"), rows, x="task",
                         y="cumulative_capacity", series="stream", logx=False,
@@ -188,8 +179,7 @@ def plot_matrices(path: str, summaries: list[dict]) -> None:
   for ax in axes.ravel()[len(summaries):]:
     ax.axis("off")
   fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="test accuracy")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  results.save_figure(fig, path, dpi=110)
 
 
 def main(argv):
@@ -197,23 +187,30 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    index, count = cli.parse_shard(FLAGS.shard)
-    config_lib.validate(config)
+    shard = cli.parse_shard(FLAGS.shard)
+    train.check_config(config)
+    continual.check_config(config.continual)
+    sweep.check_config(config)
     if FLAGS.phase != "report":
       datasets = inputs.load_validated(config).as_dict()
+    go = lambda log: (lambda cfg, run_dir, cell: _stream_cell(cfg, run_dir, cell,  # noqa: E731
+                                                              datasets, log))
     if FLAGS.phase in ("all", "tune"):
-      for cell in tune_cells(config)[index::count]:
-        s = _stream(config, os.path.join(FLAGS.workdir, "tune"), cell, datasets,
-                    lambda m: None)
-        print(f"tune alpha={cell['alpha']:g} lr={cell['optimizer.learning_rate']:g}: "
-              f"P={_task0_score(s):.4f}" + (" (diverged)" if "diverged" in s else ""),
-              flush=True)
+      sweep.run_cells(config, os.path.join(FLAGS.workdir, "tune"), tune_cells(config),
+                      go(lambda m: None), shard=shard, phase="tune")
     if FLAGS.phase in ("all", "runs"):
-      for cell in stream_cells(config, FLAGS.workdir)[index::count]:
-        print(f"== {sweep.cell_name(cell)}", flush=True)
-        s = _stream(config, FLAGS.workdir, cell, datasets, print)
-        if "diverged" not in s:
-          print(f"   {s['tasks_accommodated']} tasks, average accuracy "
+      try:
+        cells = stream_cells(config, FLAGS.workdir)
+      except TuningUnfinished as e:
+        if FLAGS.phase == "runs":
+          raise
+        print(f"{e} (another --shard is still tuning)")
+        return
+      found = sweep.run_cells(config, FLAGS.workdir, cells, go(print), shard=shard,
+                              phase="stream")
+      for s in _summaries(config, FLAGS.workdir, [o.cell for o in found]):
+        if s and "diverged" not in s:
+          print(f"   {label(s)}: {s['tasks_accommodated']} tasks, average accuracy "
                 f"{s['average_accuracy']:.4f}", flush=True)
     if FLAGS.phase in ("all", "report"):
       report(config, FLAGS.workdir)

@@ -15,22 +15,20 @@ reused):
 """
 
 from collections import defaultdict
-import json
 import os
 
 from absl import flags
 import numpy as np
 
-from powerprop_jax import cli, results, sweep, train
-from powerprop_jax import config as config_lib
-from powerprop_jax.data import inputs
+from powerprop_jax.experiment import cli, files, results, sweep, train
+from powerprop_jax.experiment import workdir as workdir_lib
+from powerprop_jax.experiment.data import inputs
 
 cli.define_flags()
 flags.DEFINE_enum("phase", "all", ["all", "tune", "final", "report"], "Which phase to run.")
 flags.DEFINE_string("shard", "0/1", "i/n: run every n-th run starting at i.")
 FLAGS = flags.FLAGS
 DISTRIBUTION = {"topkast": "uniform", "rigl": "erk", "none": "uniform"}
-DIVERGED = "diverged.json"
 
 
 def cells(config) -> list[dict]:
@@ -50,65 +48,55 @@ def run_name(run: dict) -> str:
           f"_lr{run['optimizer.learning_rate']:g}_seed{run['seed']}")
 
 
-def _train_one(config, workdir, run, splits, log):
-  done = _finished(workdir, run)
-  if done is not None:  # a finished run: reuse its result without touching it
-    log(f"{run_name(run)}: done (validation {done['validation_accuracy']:.4f})")
-    return
-  cfg = sweep.cell_config(config, {**run, "sparsity.seed": run["seed"],
-                                   "sparsity.distribution":
-                                       DISTRIBUTION[run["sparsity.method"]]})
-  try:
-    train.train_and_evaluate(cfg, os.path.join(workdir, run_name(run)), splits,
-                             log=lambda m: None)
-  except train.TrainingDiverged as e:  # an lr too large for this cell: scored as 0
-    results.write_json(os.path.join(workdir, run_name(run), DIVERGED), {"error": str(e)})
-    log(f"{run_name(run)}: diverged ({e})")
-    return
-  records = [json.loads(l) for l in open(os.path.join(workdir, run_name(run),
-                                                         "metrics.jsonl"))]
-  final = records[-1]
-  log(f"{run_name(run)}: validation {final['validation_accuracy']:.4f} "
-      f"test {final['test_accuracy']:.4f}")
+def _run(cell: dict, lr: float, seed: int) -> dict:
+  """A run of ``cell`` at ``lr`` and ``seed`` (the method's seed and distribution with it)."""
+  return {**cell, "optimizer.learning_rate": float(lr), "seed": int(seed),
+          "sparsity.seed": int(seed),
+          "sparsity.distribution": DISTRIBUTION[cell["sparsity.method"]]}
 
 
-def _finished(workdir, run) -> dict | None:
-  """The final metrics record of a finished run (a diverged run counts as accuracy 0)."""
-  if os.path.exists(os.path.join(workdir, run_name(run), DIVERGED)):
-    return {"validation_accuracy": 0.0, "test_accuracy": float("nan"), "diverged": True}
-  path = os.path.join(workdir, run_name(run), "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  records = [json.loads(l) for l in open(path)]
-  return records[-1] if records and "test_accuracy" in records[-1] else None
+def train_run(config, run_dir, run, splits, log):
+  """Trains one run; its final metrics record is the cell's one row."""
+  del run
+  train.train_and_evaluate(config, run_dir, splits, log=lambda m: None)
+  final = workdir_lib.metrics_records(run_dir)[-1]
+  log(f"   validation {final['validation_accuracy']:.4f} test {final['test_accuracy']:.4f}")
+  return [final]
+
+
+def _score(outcome: sweep.Outcome) -> float | None:
+  """A tuning run's validation accuracy; 0 if it diverged; None if it has not finished."""
+  if outcome.state == sweep.DIVERGED:
+    return 0.0
+  return outcome.rows[0]["validation_accuracy"] if outcome.state == sweep.FINISHED else None
 
 
 def tune_runs(config) -> list[dict]:
   seed = int(config.sweep.seeds[0])
-  return [{**c, "optimizer.learning_rate": float(lr), "seed": seed}
-          for c in cells(config) for lr in config.sweep.learning_rates]
+  return [_run(c, lr, seed) for c in cells(config) for lr in config.sweep.learning_rates]
 
 
 def chosen_lr(config, workdir, cell) -> float | None:
-  """The lr of the best tuning run's validation accuracy (None until all have finished)."""
+  """The lr of the best tuning run's validation accuracy (ties: the smaller lr; diverged:
+  0); None until all of the cell's tuning runs have finished."""
   seed = int(config.sweep.seeds[0])
-  scores = []
-  for lr in config.sweep.learning_rates:
-    done = _finished(workdir, {**cell, "optimizer.learning_rate": float(lr), "seed": seed})
-    if done is None:
-      return None
-    scores.append((-done["validation_accuracy"], float(lr)))
-  return min(scores)[1]
+  runs = [_run(cell, lr, seed) for lr in config.sweep.learning_rates]
+  scores = [_score(o) for o in sweep.outcomes(config, workdir, runs, run_name)]
+  if any(s is None for s in scores):
+    return None
+  return min((-s, float(lr)) for s, lr in zip(scores, config.sweep.learning_rates))[1]
 
 
-def final_runs(config, workdir) -> list[dict]:
-  out = []
+def final_runs(config, workdir) -> tuple[list[dict], list[dict]]:
+  """(final runs of every cell whose tuning has finished, cells still being tuned)."""
+  out, waiting = [], []
   for c in cells(config):
     lr = chosen_lr(config, workdir, c)
     if lr is None:
-      raise ValueError(f"tuning of {c} has not finished in {workdir}: run --phase=tune first")
-    out += [{**c, "optimizer.learning_rate": lr, "seed": int(s)} for s in config.sweep.seeds]
-  return out
+      waiting.append(c)
+      continue
+    out += [_run(c, lr, s) for s in config.sweep.seeds]
+  return out, waiting
 
 
 def report(config, workdir, log=print) -> list[dict]:
@@ -116,22 +104,23 @@ def report(config, workdir, log=print) -> list[dict]:
   rows, missing = [], 0
   for c in cells(config):
     lr = chosen_lr(config, workdir, c)
-    for s in config.sweep.seeds:
-      run = {**c, "optimizer.learning_rate": lr, "seed": int(s)}
-      done = _finished(workdir, run) if lr is not None else None
-      if done is None:
+    runs = [] if lr is None else [_run(c, lr, s) for s in config.sweep.seeds]
+    missing += len(config.sweep.seeds) - len(runs)
+    for o in sweep.outcomes(config, workdir, runs, run_name):
+      if o.state == sweep.MISSING:
         missing += 1
         continue
+      done = (o.rows[0] if o.state == sweep.FINISHED else
+              {"validation_accuracy": 0.0, "test_accuracy": float("nan")})
       rows.append({"method": c["sparsity.method"], "sparsity": c["sparsity.level"],
-                   "alpha": c["alpha"], "learning_rate": lr, "seed": int(s),
+                   "alpha": c["alpha"], "learning_rate": lr, "seed": o.cell["seed"],
                    "validation_accuracy": done["validation_accuracy"],
                    "test_accuracy": done["test_accuracy"],
                    "realised_sparsity": done.get("sparsity", 0.0)})
   results.write_json(os.path.join(workdir, "results.json"), rows)
   results.write_csv(os.path.join(workdir, "results.csv"), rows)
   table = summary_table(rows)
-  with open(os.path.join(workdir, "study_sparse.md"), "w") as f:
-    f.write(table + "\n")
+  files.atomic_write(os.path.join(workdir, "study_sparse.md"), table + "\n")
   if any(r["method"] != "none" for r in rows):
     plot_panels(os.path.join(workdir, "accuracy_vs_alpha.png"), rows,
                 f"{config.data.name} {config.model.name}: sparse-to-sparse, lr tuned per cell")
@@ -175,8 +164,7 @@ def plot_panels(path: str, rows: list[dict], title: str) -> None:
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  results.save_figure(fig, path)
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -209,21 +197,25 @@ def main(argv):
   config = FLAGS.config
 
   def run():
-    index, count = cli.parse_shard(FLAGS.shard)
-    config_lib.validate(config)
+    shard = cli.parse_shard(FLAGS.shard)
+    train.check_config(config)
+    sweep.check_config(config)
     workdir = FLAGS.workdir
     if FLAGS.phase in ("all", "tune", "final"):
       splits = inputs.load_validated(config)
+      go = lambda cfg, run_dir, run: train_run(cfg, run_dir, run, splits, print)  # noqa: E731
     if FLAGS.phase in ("all", "tune"):
-      runs = tune_runs(config)[index::count]
-      for i, r in enumerate(runs):
-        print(f"[tune {i + 1}/{len(runs)}]", end=" ", flush=True)
-        _train_one(config, workdir, r, splits, print)
+      sweep.run_cells(config, workdir, tune_runs(config), go, name=run_name,
+                      check=train.check_config, shard=shard, phase="tune")
     if FLAGS.phase in ("all", "final"):
-      runs = final_runs(config, workdir)[index::count]
-      for i, r in enumerate(runs):
-        print(f"[final {i + 1}/{len(runs)}]", end=" ", flush=True)
-        _train_one(config, workdir, r, splits, print)
+      runs, waiting = final_runs(config, workdir)
+      if waiting:
+        print(f"{len(waiting)} cells are still being tuned (another --shard?); their final "
+              "runs wait: rerun --phase=final when every tuning shard has finished")
+      sweep.run_cells(config, workdir, runs, go, name=run_name, check=train.check_config,
+                      shard=shard, phase="final")
+      if waiting:
+        return
     if FLAGS.phase in ("all", "report"):
       report(config, workdir)
 

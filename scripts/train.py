@@ -3,9 +3,9 @@
   python scripts/train.py --config=configs/mnist_oneshot.py --config.alpha=4 \
       --config.data.dir=../shared/data/mnist --workdir=runs/mnist_a4
 
-Writes ``metrics.jsonl`` (one JSON object per log, eval or checkpoint step), TensorBoard event files
-(``tensorboard/``), ``config.json`` and orbax checkpoints to the workdir; only process 0
-writes on a multi-host run (``--config.train.distributed=True`` on every host).
+Writes ``metrics.jsonl`` (one JSON object per log, eval or checkpoint step), TensorBoard
+event files (``tensorboard/``), ``config.json`` and orbax checkpoints to the workdir; only
+process 0 writes on a multi-host run (``--config.train.distributed=True`` on every host).
 """
 
 import os

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import models, train, transform
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import transform
+from powerprop_jax.experiment import models, train
 
 
 def _config(name: str, compute_dtype: str, alpha: float):

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from powerprop_jax.data import DataError, augment, cifar, load_datasets
+from powerprop_jax.experiment.data import DataError, augment, cifar, load_datasets
 
 NPZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                    "cifar10_jpeg_subset.npz")

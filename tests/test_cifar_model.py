@@ -5,9 +5,9 @@ import os
 import jax
 import numpy as np
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import train
-from powerprop_jax.data import Dataset
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import train
+from powerprop_jax.experiment.data import Dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cifar10_oneshot = config_lib.load_module(os.path.join(ROOT, "configs", "cifar10_oneshot.py"))

@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import data, masks, train, transform
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import masks, transform
+from powerprop_jax.experiment import data, train
 from powerprop_jax.continual import assignment, packnet, tasks
+from powerprop_jax.experiment import continual
 
 continual_pmnist = config_lib.load_module(
     os.path.join(os.path.dirname(__file__), "..", "configs", "continual_pmnist.py"))
@@ -92,7 +94,7 @@ def test_config_errors(field, value, match):
   config = continual_pmnist.get_config()
   config.continual[field] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate_continual(config.continual)
+    continual.check_config(config.continual)
 
 
 def test_keep_fn_layerwise_and_global():
@@ -128,7 +130,7 @@ def packnet_run(mnist):
   config = _config(method="packnet", num_tasks=3, steps_per_task=300, finetune_steps=100,
                    prune_fraction=0.5)
   config.alpha = 2.0
-  return packnet.run_continual(config, mnist, log=lambda _: None)
+  return continual.run_continual(config, mnist, log=lambda _: None)
 
 
 def test_packnet_frozen_weights_bit_identical(packnet_run):
@@ -177,7 +179,7 @@ def test_capacity_exhausted_raises(mnist):
   config = _config(method="efficient_packnet", num_tasks=2, steps_per_task=20,
                    finetune_steps=0, gamma=1.0, min_keep_fraction=1.0, num_keep_fractions=1)
   with pytest.raises(ValueError, match="no free weights left for task 1"):
-    packnet.run_continual(config, small, log=lambda _: None)
+    continual.run_continual(config, small, log=lambda _: None)
 
 
 @pytest.mark.slow
@@ -192,7 +194,7 @@ def test_efficient_packnet_powerprop_uses_less_capacity(mnist):
       config = _config(method="efficient_packnet", num_tasks=3, steps_per_task=1500,
                        finetune_steps=200, gamma=0.99)
       config.alpha, config.seed = alpha, seed
-      r = packnet.run_continual(config, mnist, log=lambda _: None)
+      r = continual.run_continual(config, mnist, log=lambda _: None)
       caps.append(sum(r.capacity))
       accs.append(packnet.average_accuracy(r.acc))
     totals[alpha], avg[alpha] = np.mean(caps), np.mean(accs)
@@ -211,16 +213,16 @@ def test_diverging_stream_stops_at_the_first_non_finite_loss(mnist):
   config.optimizer.learning_rate = 1e4
   with pytest.raises(train.TrainingDiverged,
                      match=r"^task 0: loss became (nan|inf) at step \d+; stopped"):
-    packnet.run_continual(config, small, log=lambda _: None)
+    continual.run_continual(config, small, log=lambda _: None)
 
 
 def test_checkpoint_resume_reproduces_run(mnist, tmp_path):
   """A rerun in the same workdir restores after the last task: same owners, params, accuracies."""
   small = {k: data.Dataset(v.images[:3000], v.labels[:3000]) for k, v in mnist.items()}
   config = _config(method="packnet", num_tasks=2, steps_per_task=50, finetune_steps=10)
-  first = packnet.run_continual(config, small, str(tmp_path), log=lambda _: None)
+  first = continual.run_continual(config, small, str(tmp_path), log=lambda _: None)
   logs = []
-  again = packnet.run_continual(config, small, str(tmp_path), log=logs.append)
+  again = continual.run_continual(config, small, str(tmp_path), log=logs.append)
   assert logs == [f"resumed after task 1 from {tmp_path}"]
   np.testing.assert_array_equal(first.acc, again.acc)
   for a, b in zip(jax.tree_util.tree_leaves((first.params, first.owners)),

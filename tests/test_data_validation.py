@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax.data import DataError, load_datasets
-from powerprop_jax.data import cifar, mnist
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment.data import DataError, load_datasets
+from powerprop_jax.experiment.data import cifar, mnist
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -201,7 +201,7 @@ def test_auto_with_incomplete_dir_names_missing_files(tmp_path, present):
 
 _OFFLINE_SCRIPT = """
 import sys
-from powerprop_jax import data
+from powerprop_jax.experiment import data
 name, source = sys.argv[1], sys.argv[2]
 loader = data.load_mnist if name == "mnist" else data.load_cifar10
 try:

@@ -12,8 +12,8 @@ import optax
 import pytest
 
 import powerprop_jax as pp
-from powerprop_jax import config as config_lib
-from powerprop_jax import models, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import models, train
 from powerprop_jax.sparsity import builders, distributions, schedules
 
 # ---------------------------------------------------------------------------------------------

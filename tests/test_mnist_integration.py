@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import curves, data, masks, train, transform
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import curves, masks, transform
+from powerprop_jax.experiment import data, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")

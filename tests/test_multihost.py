@@ -21,8 +21,8 @@ rank, world, port, workdir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3
 if world > 1:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", world, rank)
-from powerprop_jax import config as config_lib, train
-from powerprop_jax.data import Dataset
+from powerprop_jax.experiment import config as config_lib, train
+from powerprop_jax.experiment.data import Dataset
 c = config_lib.base()
 c.alpha = 2.0
 c.model.update({"name": "resnet_tiny", "num_classes": 10})

@@ -14,8 +14,9 @@ import optax
 import pytest
 
 import powerprop_jax as pp
-from powerprop_jax import config as config_lib
-from powerprop_jax import data, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import curves
+from powerprop_jax.experiment import continual, data, sweep, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
@@ -34,8 +35,8 @@ def _config(steps=40, **optimizer):
   return c
 
 
-def _script(*args):
-  out = subprocess.run([sys.executable, "scripts/train.py", *args], cwd=ROOT,
+def _script(*args, script="scripts/train.py"):
+  out = subprocess.run([sys.executable, script, *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
   return out.returncode, out.stderr.strip().splitlines()
 
@@ -80,16 +81,22 @@ def test_damaged_latest_checkpoint_falls_back_and_retrains(tmp_path):
 
 
 # 5. values that mean nothing: refused before any data is loaded or step taken
-@pytest.mark.parametrize("override,expect", [
-    ("--config.prune.scope=foo", "prune.scope"),
-    ("--config.sweep.seeds=(0.5,)", "sweep.seeds"),
-    ("--config.alpha=0.5", "alpha"),
-    ("--config.sparsity.method=rigl", "sparsity.level"),
-    ("--config.train.stepz=5", 'did you mean "steps"'),
+@pytest.mark.parametrize("script,override,expect", [
+    ("scripts/prune_eval.py", "--config.prune.scope=foo", "prune.scope"),
+    ("scripts/prune_eval.py", "--config.sweep.seeds=(0.5,)", "sweep.seeds"),
+    ("scripts/sparse_mnist.py", "--config.sweep.alphas=()", "sweep.alphas is empty"),
+    ("scripts/train.py", "--config.alpha=0.5", "alpha"),
+    ("scripts/train.py", "--config.sparsity.method=rigl", "sparsity.level"),
+    ("scripts/train.py", "--config.train.stepz=5", 'did you mean "train.steps"'),
+    ("scripts/train.py", "--config.optimizer.decay_factor=-1", "optimizer.decay_factor"),
+    ("scripts/train.py", "--config.optimizer.weight_decay=-1", "optimizer.weight_decay"),
+    ("scripts/train.py", "--config.data.num_validation=0", "data.num_validation"),
 ])
-def test_meaningless_values_are_one_line(tmp_path, override, expect):
+def test_meaningless_values_are_one_line(tmp_path, script, override, expect):
+  """Each script checks the sections it reads before any data is loaded (the data dir here
+  does not exist, so a check that ran late would report the data dir instead)."""
   rc, lines = _script("--config=configs/mnist_oneshot.py", "--config.data.dir=/nonexistent",
-                      f"--workdir={tmp_path}", override)
+                      f"--workdir={tmp_path}", override, script=script)
   assert rc == 1 and expect in _one_line(lines), lines
 
 
@@ -104,7 +111,7 @@ def test_batch_larger_than_the_training_set():
   c = _config()
   c.train.batch_size = 500
   with pytest.raises(config_lib.ConfigError, match="exceeds the 240 training examples"):
-    config_lib.validate(c, num_train=240)
+    train.check_config(c, num_train=240)
 
 
 def test_library_refuses_meaningless_input():
@@ -140,12 +147,16 @@ CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_every_config_file_loads_and_validates(name):
-  """Each experiment file (the ImageNet one per row) builds a config that ``validate`` accepts,
-  so a typo in a rarely run config fails here, not hours into a job."""
+  """Each experiment file (the ImageNet one per row) builds a config that every section's
+  owner accepts, so a typo in a rarely run config fails here, not hours into a job."""
   module = config_lib.load_module(os.path.join(ROOT, "configs", name))
   rows = getattr(module, "ROWS", (None,))
   for row in rows:
-    config_lib.validate(module.get_config(row) if row else module.get_config())
+    config = module.get_config(row) if row else module.get_config()
+    train.check_config(config)
+    continual.check_config(config.continual)
+    curves.check_config(config.prune)
+    sweep.check_config(config)
 
 
 def test_missing_config_file_is_a_config_error(tmp_path):

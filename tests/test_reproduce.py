@@ -21,11 +21,13 @@ import jax
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import optim, reproduce, train
+from powerprop_jax import optim
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import train
 from powerprop_jax.sparsity import base as sparse_base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+reproduce = config_lib.load_module(os.path.join(REPO, "scripts", "reproduce.py"), "reproduce")
 MNIST_DIR = os.path.join(REPO, "..", "shared", "data", "mnist")
 
 # ---- The published recipes (PAPER.md section 4; Top-KAST, RigL papers and official code) ----
@@ -71,7 +73,7 @@ def _steps_of_epochs(epochs: float) -> float:
 @pytest.mark.parametrize("row", ALL_ROWS)
 def test_row_matches_published_recipe(row):
   c = MODULE.get_config(row)
-  config_lib.validate(c)
+  train.check_config(c)
   method, level, backward, mult = BASELINE_ROWS[_baseline(row)]
   steps = STEPS_1X * mult
   if row.endswith("_pp"):
@@ -206,7 +208,7 @@ def test_budget_overrides_scale_every_step_field():
   g = reproduce.budget_overrides(MODULE.get_config("gmp90"), 3200)
   assert (g["sparsity.begin_step"], g["sparsity.end_step"]) == (1000, 2500)
   short = reproduce.with_overrides(c, reproduce.budget_overrides(c, 2))
-  config_lib.validate(short)
+  train.check_config(short)
   assert reproduce.sweep_command("continual", "W", "D", steps=50)[-1] == (
       "--config.continual.steps_per_task=50")
   assert reproduce.sweep_command("mnist", "W", "D", 300, (1.0,), (0, 1))[-3:] == [
@@ -297,7 +299,7 @@ def test_collect_marks_unfinished_and_foreign_runs(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(train, "run_experiment"),
-                    reason="powerprop_jax.train.run_experiment (the training entry point "
+                    reason="powerprop_jax.experiment.train.run_experiment (the training entry point "
                            "--smoke runs) does not exist in this checkout yet")
 @pytest.mark.slow
 def test_smoke_runs_every_row(tmp_path):

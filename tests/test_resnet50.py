@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import masks, sparsity, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import masks, sparsity
+from powerprop_jax.experiment import train
 
 
 @pytest.mark.slow

@@ -3,9 +3,9 @@
 import jax
 import numpy as np
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import train
-from powerprop_jax.data import Dataset
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import train
+from powerprop_jax.experiment.data import Dataset
 
 
 def _config(steps):

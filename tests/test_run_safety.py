@@ -19,10 +19,10 @@ import optax
 import pytest
 from tensorboardX.proto import event_pb2
 
-from powerprop_jax import checkpoint
-from powerprop_jax import config as config_lib
-from powerprop_jax import metrics
-from powerprop_jax import workdir as workdir_lib
+from powerprop_jax.experiment import checkpoint
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import metrics
+from powerprop_jax.experiment import workdir as workdir_lib
 
 
 # --- run identity -------------------------------------------------------------------------

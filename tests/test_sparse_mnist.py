@@ -11,8 +11,9 @@ import os
 
 import pytest
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import data, masks, sparsity, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax import masks, sparsity
+from powerprop_jax.experiment import data, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import powerprop_jax as pp
-from powerprop_jax import checkpoint
-from powerprop_jax import config as config_lib
+from powerprop_jax.experiment import checkpoint
+from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.sparsity import builders, distributions, schedules
 
 

@@ -8,8 +8,8 @@ import chex
 import pytest
 import tensorflow_datasets as tfds
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import data, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import data, train
 
 
 def _config(steps: int = 4):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from powerprop_jax import config as config_lib
-from powerprop_jax import data, train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import data, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")

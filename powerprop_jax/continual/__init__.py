@@ -1,12 +1,17 @@
-"""Continual learning: task streams, per-weight task ownership, PackNet and EfficientPackNet."""
+"""Continual learning: task streams, per-weight task ownership, PackNet and EfficientPackNet.
 
-from powerprop_jax.continual.assignment import (assign, capacity_used, check_task_id,
-                                                eval_mask, free_mask, init_owners,
-                                                train_masks)
-from powerprop_jax.continual.packnet import (ContinualResult, choose_keep_fraction,
-                                              run_continual)
+The algorithms are pure functions here; the driver that trains a stream is
+:mod:`powerprop_jax.experiment.continual`.
+"""
+
+from powerprop_jax.continual.assignment import (assign, candidate_mask, capacity_used,
+                                                check_task_id, eval_mask, finetune_masks,
+                                                free_mask, init_owners, pruning_candidates,
+                                                reinit_free, release, train_masks)
+from powerprop_jax.continual.packnet import average_accuracy, choose_keep_fraction
 from powerprop_jax.continual.tasks import PermutedTask, permutations, permute
 
-__all__ = ["assign", "capacity_used", "check_task_id", "eval_mask", "free_mask",
-           "init_owners", "train_masks", "ContinualResult", "choose_keep_fraction", "run_continual",
-           "PermutedTask", "permutations", "permute"]
+__all__ = ["assign", "average_accuracy", "candidate_mask", "capacity_used", "check_task_id",
+           "choose_keep_fraction", "eval_mask", "finetune_masks", "free_mask", "init_owners",
+           "permutations", "permute", "PermutedTask", "pruning_candidates", "reinit_free",
+           "release", "train_masks"]

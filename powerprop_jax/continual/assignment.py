@@ -105,3 +105,47 @@ def free_counts(owners: PyTree, predicate: ParamPredicate = weights_only) -> dic
 
 def as_jnp(tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+# The mask algebra of one task of a stream (PackNet / EfficientPackNet), as named steps.
+
+
+def reinit_free(params: PyTree, fresh: PyTree, owners: PyTree,
+                predicate: ParamPredicate = weights_only) -> PyTree:
+  """``params`` with every free prunable weight replaced by its value in ``fresh`` (a new
+  initialisation: at alpha > 1 a weight at v = 0 could never move again)."""
+  return _map(lambda p, c, o, n: jnp.where(np.asarray(o) == 0, n, p) if c else p,
+              params, predicate, owners, fresh)
+
+
+def pruning_candidates(grad_masks: PyTree, predicate: ParamPredicate = weights_only) -> PyTree:
+  """The weights task t trained and may keep: its grad mask on prunable leaves, else none."""
+  return _map(lambda g, c: np.asarray(g, bool) & c, grad_masks, predicate)
+
+
+def candidate_mask(owners: PyTree, keep: PyTree, task: int,
+                   predicate: ParamPredicate = weights_only) -> PyTree:
+  """Forward mask scoring ``keep`` for ``task``: the weights of tasks < ``task`` (frozen),
+  plus ``keep``; non-prunable leaves whole."""
+  def fn(o, c, k):
+    o = np.asarray(o)
+    return (((o >= 1) & (o <= task)) | np.asarray(k, bool)) if c else np.ones(o.shape, bool)
+  return _map(fn, owners, predicate, keep)
+
+
+def release(params: PyTree, candidates: PyTree, keep: PyTree,
+            predicate: ParamPredicate = weights_only) -> PyTree:
+  """``params`` with the candidates not kept set to 0 (they are free again)."""
+  return _map(lambda p, c, cand, k: jnp.where(np.asarray(cand) & ~np.asarray(k),
+                                              jnp.zeros_like(p), p) if c else p,
+              params, predicate, candidates, keep)
+
+
+def finetune_masks(owners: PyTree, task: int, predicate: ParamPredicate = weights_only
+                   ) -> tuple[PyTree, PyTree]:
+  """(forward, grad) masks for fine-tuning ``task`` after its weights were assigned: forward =
+  tasks <= task; grad = the task's own weights (non-prunable leaves: on task 0 only)."""
+  def grad(o, c):
+    o = np.asarray(o)
+    return (o == task + 1) if c else np.full(o.shape, task == 0)
+  return eval_mask(owners, task, task + 1, predicate), _map(grad, owners, predicate)

@@ -7,11 +7,11 @@ Task 0 is the identity (plain MNIST); task t >= 1 uses
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from powerprop_jax.data import Dataset
+DataT = TypeVar("DataT")
 
 
 class PermutedTask(NamedTuple):
@@ -30,6 +30,7 @@ def permutations(num_tasks: int, num_pixels: int = 784, seed: int = 0) -> list[P
   return out
 
 
-def permute(data: Dataset, task: PermutedTask) -> Dataset:
-  """The Dataset with every image's pixels reordered by the task's permutation."""
-  return Dataset(np.asarray(data.images)[:, task.permutation], data.labels)
+def permute(data: DataT, task: PermutedTask) -> DataT:
+  """``data`` (a NamedTuple with ``images`` (N, D) and ``labels``) with every image's pixels
+  reordered by the task's permutation."""
+  return data._replace(images=np.asarray(data.images)[:, task.permutation])

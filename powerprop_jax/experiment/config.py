@@ -35,8 +35,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.file = "cifar10_jpeg_subset.npz"   # cifar10 npz file name inside data.dir
   c.data.num_validation = 5000        # training examples held out for validation
   c.data.image_size = 224             # imagenet2012: train crop / eval crop side
-  c.data.workers = 0                  # imagenet2012: grain worker processes (0 = in-process)
-  c.data.prefetch = 2                 # imagenet2012: batches prefetched per worker
+  c.data.workers = -1                 # imagenet2012: grain worker processes (0 = in-process;
+                                      # -1 = auto: the cores this process may use minus 2)
+  c.data.prefetch = 2                 # imagenet2012: uint8 batches prefetched per worker (bounds
+                                      # each worker's memory: prefetch x B/P x S x S x 3 bytes)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet_300_100"      # lenet_300_100 | cifar_convnet | resnet50 | resnet_tiny

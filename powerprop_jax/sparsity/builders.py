@@ -1,6 +1,6 @@
 """Config -> method: ``build_method(config.sparsity, ...)`` and the registry it reads.
 
-The fields of ``config.sparsity`` and their defaults are in :func:`powerprop_jax.config.base`:
+The fields of ``config.sparsity`` and their defaults are in :func:`powerprop_jax.experiment.config.base`:
   method: none | oneshot | gradual | topkast | rigl | set
   level: final (forward) sparsity in [0, 1); distribution: uniform | erk;
   dense_layers: comma list of prunable module names kept dense ("first", "last" allowed);
@@ -8,7 +8,9 @@ The fields of ``config.sparsity`` and their defaults are in :func:`powerprop_jax
     for rigl/set, as in RigL; = total steps for topkast; = 50% for gradual);
   backward_level (topkast): backward sparsity <= level (< 0: the paper's 2 * level - 1);
   penalty (topkast): lambda; drop_fraction, grow_init, grow_epsilon, seed (rigl/set).
-Bad combinations raise ValueError before training starts.
+:func:`check_config` refuses a bad field or combination before any data is loaded (it needs
+no params); the builders check again what only the params can tell (a level that empties a
+layer, an unknown dense layer).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import ml_collections
 
+from powerprop_jax import checks
 from powerprop_jax import masks as masks_lib
 from powerprop_jax.sparsity import distributions, magnitude, rigl, topkast
 from powerprop_jax.sparsity.base import SparsityMethod
@@ -27,11 +29,14 @@ PyTree = Any
 
 def _counts(config, params, level, layer_order=()) -> PyTree:
   """Per-layer keep counts as a params-shaped tree; refuses a level that empties a layer."""
-  counts = distributions.keep_counts(params, level, config.distribution, config.dense_layers,
-                                     layer_order=layer_order)
+  try:
+    counts = distributions.keep_counts(params, level, config.distribution, config.dense_layers,
+                                       layer_order=layer_order)
+  except ValueError as e:   # an unknown dense layer, ...: a bad field of this section
+    raise checks.ConfigError(str(e)) from None
   empty = [layer for layer, n in counts.items() if n == 0]
   if empty:
-    raise ValueError(f"sparsity.level={level} leaves no weight in layer(s) {empty} "
+    raise checks.ConfigError(f"sparsity.level={level} leaves no weight in layer(s) {empty} "
                      f"({config.distribution} distribution); lower sparsity.level")
   return distributions.counts_tree(params, counts)
 
@@ -41,19 +46,19 @@ def _window(config, total_steps: int, default_end_fraction: float) -> tuple[int,
   end = int(config.end_step) or int(default_end_fraction * total_steps)
   every = int(config.update_every)
   if every <= 0:
-    raise ValueError(f"sparsity.update_every must be > 0, got {every}")
+    raise checks.ConfigError(f"sparsity.update_every must be > 0, got {every}")
   if end > total_steps:
-    raise ValueError(f"sparsity.end_step={end} is past the end of training "
+    raise checks.ConfigError(f"sparsity.end_step={end} is past the end of training "
                      f"(train.steps={total_steps})")
   if not 0 <= begin <= end:
-    raise ValueError(f"need 0 <= sparsity.begin_step <= sparsity.end_step, got {begin}, {end}")
+    raise checks.ConfigError(f"need 0 <= sparsity.begin_step <= sparsity.end_step, got {begin}, {end}")
   return begin, end, every
 
 
 def _level(config, method: str) -> float:
   level = masks_lib.validate_sparsity(config.level, "sparsity.level")
   if level == 0.0:
-    raise ValueError(f"sparsity.method={method} needs sparsity.level in (0, 1), got 0")
+    raise checks.ConfigError(f"sparsity.method={method} needs sparsity.level in (0, 1), got 0")
   return level
 
 
@@ -71,7 +76,7 @@ def build_oneshot(config, params, total_steps, alpha, layer_order=()) -> Sparsit
   del alpha
   begin = int(config.begin_step)
   if not 0 <= begin <= total_steps:
-    raise ValueError(f"sparsity.begin_step must be in [0, {total_steps}], got {begin}")
+    raise checks.ConfigError(f"sparsity.begin_step must be in [0, {total_steps}], got {begin}")
   level = _level(config, "oneshot")
   return magnitude.oneshot_pruning(_counts(config, params, level, layer_order), begin)
 
@@ -92,18 +97,18 @@ def build_topkast(config, params, total_steps, alpha, layer_order=()) -> Sparsit
     backward = topkast_backward_level(level)
   backward = masks_lib.validate_sparsity(backward, "sparsity.backward_level")
   if backward > level:
-    raise ValueError(f"sparsity.backward_level={backward} must be <= sparsity.level={level} "
+    raise checks.ConfigError(f"sparsity.backward_level={backward} must be <= sparsity.level={level} "
                      "(the backward set contains the forward set)")
   _, end, every = _window(config, total_steps, 1.0)
   penalty = float(config.penalty)
   if penalty < 0:
-    raise ValueError(f"sparsity.penalty must be >= 0, got {penalty}")
+    raise checks.ConfigError(f"sparsity.penalty must be >= 0, got {penalty}")
   return topkast.top_kast(_counts(config, params, level, layer_order),
                           _counts(config, params, backward, layer_order),
                           penalty, every, end)
 
 
-def weight_decay_mask(config: ml_collections.ConfigDict, params: PyTree, layer_order=()
+def weight_decay_mask(config: Any, params: PyTree, layer_order=()
                       ) -> Optional[PyTree]:
   """Where ``optimizer.weight_decay`` applies, as a params-shaped tree of bools (None: on
   every parameter).
@@ -127,7 +132,7 @@ def _build_drop_grow(config, params, total_steps, alpha, grow: str, layer_order=
   _, end, every = _window(config, total_steps, 0.75)
   fraction = float(config.drop_fraction)
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"sparsity.drop_fraction must be in (0, 1], got {fraction}")
+    raise checks.ConfigError(f"sparsity.drop_fraction must be in (0, 1], got {fraction}")
   return rigl.drop_and_grow(_counts(config, params, level, layer_order), fraction, every, end,
                             grow, config.grow_init, alpha, float(config.grow_epsilon),
                             int(config.seed))
@@ -154,14 +159,60 @@ METHODS: dict[str, Optional[Builder]] = {
 }
 
 
-def build_method(config: ml_collections.ConfigDict, params: PyTree, total_steps: int,
+DISTRIBUTIONS = ("uniform", "erk")
+# Where the mask-update window ends when ``end_step`` is 0, as a fraction of training.
+DEFAULT_END_FRACTION = {"oneshot": 0.0, "gradual": 0.5, "topkast": 1.0, "rigl": 0.75, "set": 0.75}
+
+
+def check_config(config: Any, total_steps: int) -> None:
+  """Checks every field of a ``sparsity`` section that :func:`build_method` reads, for a run
+  of ``total_steps`` steps; raises :class:`~powerprop_jax.checks.ConfigError` (one line)."""
+  method = checks.choice(config.method, "sparsity.method", sorted(METHODS))
+  try:
+    level = masks_lib.validate_sparsity(config.level, "sparsity.level")
+  except ValueError as e:
+    raise checks.ConfigError(str(e)) from None
+  checks.choice(config.distribution, "sparsity.distribution", DISTRIBUTIONS)
+  checks.integer(config.seed, "sparsity.seed")
+  if method == "none":
+    return
+  try:
+    _level(config, method)
+    if method == "oneshot":
+      begin = checks.integer(config.begin_step, "sparsity.begin_step")
+      if begin > total_steps:
+        raise checks.ConfigError(f"sparsity.begin_step must be in [0, {total_steps}], got {begin}")
+    else:
+      checks.integer(config.begin_step, "sparsity.begin_step")
+      checks.integer(config.end_step, "sparsity.end_step")
+      _window(config, total_steps, DEFAULT_END_FRACTION[method])
+    if method == "topkast":
+      backward = float(config.backward_level)
+      backward = topkast_backward_level(level) if backward < 0 else backward
+      masks_lib.validate_sparsity(backward, "sparsity.backward_level")
+      if backward > level:
+        raise checks.ConfigError(f"sparsity.backward_level={backward} must be <= sparsity.level="
+                         f"{level} (the backward set contains the forward set)")
+      checks.positive(config.penalty, "sparsity.penalty", allow_zero=True)
+    if method in ("rigl", "set"):
+      checks.fraction(config.drop_fraction, "sparsity.drop_fraction", 0.0, 1.0,
+                      closed_low=False, closed_high=True)
+      checks.choice(config.grow_init, "sparsity.grow_init", rigl.GROW_INITS)
+      checks.positive(config.grow_epsilon, "sparsity.grow_epsilon")
+  except checks.ConfigError:
+    raise
+  except ValueError as e:
+    raise checks.ConfigError(str(e)) from None
+
+
+def build_method(config: Any, params: PyTree, total_steps: int,
                  alpha: float, layer_order: Sequence[str] = ()) -> Optional[SparsityMethod]:
   """The method named by ``config.method`` (None for dense training).
 
   ``layer_order``: module names in creation order, for the "first"/"last" dense layers.
   """
   if config.method not in METHODS:
-    raise ValueError(f"unknown sparsity.method {config.method!r}; known: {sorted(METHODS)}")
+    raise checks.ConfigError(f"unknown sparsity.method {config.method!r}; known: {sorted(METHODS)}")
   builder = METHODS[config.method]
   return None if builder is None else builder(config, params, total_steps, alpha,
                                               layer_order=layer_order)

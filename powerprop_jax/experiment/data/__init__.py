@@ -33,7 +33,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   config_checks.choice(config.name, "data.name", DATA_SETS)
   config_checks.integer(config.num_validation, "data.num_validation", 1)
   config_checks.integer(config.image_size, "data.image_size", 1)
-  config_checks.integer(config.workers, "data.workers")
+  config_checks.integer(config.workers, "data.workers", -1)
   config_checks.integer(config.prefetch, "data.prefetch", 1)
 
 

@@ -2,7 +2,8 @@
 
 Records come from ``tfds.data_source("imagenet2012", split, data_dir)`` (random access, JPEG
 bytes left undecoded) and are decoded with Pillow inside grain's map, optionally in worker
-processes (``data.workers``; 0 = in-process threads), ``data.prefetch`` batches ahead.
+processes (``data.workers``: -1 = one per core the host can spare, :func:`resolve_workers`;
+0 = in-process threads), ``data.prefetch`` batches ahead.
 
 Train (Inception / torchvision ``RandomResizedCrop``): a box of area fraction U(0.08, 1) and
 aspect ratio w/h = exp(U(log 3/4, log 4/3)), 10 attempts, then a centre crop of the whole
@@ -44,6 +45,7 @@ import functools
 import io
 import logging
 import math
+import os
 import threading
 from typing import Any, Iterator, Optional, Sequence
 
@@ -331,10 +333,17 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> tupl
 
 
 def _iterate(ds: grain.MapDataset, data_config: ml_collections.ConfigDict) -> Iterator[Example]:
-  """Prefetches ``data.prefetch`` batches: in ``data.workers`` processes, or in-process threads."""
-  prefetch, workers = int(data_config.prefetch), int(data_config.workers)
-  if prefetch < 0 or workers < 0:
-    raise DataError(f"data.prefetch ({prefetch}) and data.workers ({workers}) must be >= 0")
+  """Prefetches ``data.prefetch`` batches: in :func:`resolve_workers` processes, or in-process
+  threads.
+
+  Memory is bounded per worker: it holds at most ``max(1, data.prefetch)`` finished uint8
+  batches of ``B/P x S x S x 3`` bytes (38.5 MB at a local batch of 256 and S = 224; 77 MB
+  at 512) plus the one record it is decoding (a JPEG and its decoded image, a few MB).
+  """
+  prefetch = int(data_config.prefetch)
+  workers = resolve_workers(int(data_config.workers))
+  if prefetch < 0:
+    raise DataError(f"data.prefetch must be >= 0, got {prefetch}")
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
                                             prefetch_buffer_size=prefetch))
   if workers:
@@ -346,6 +355,32 @@ def _iterate(ds: grain.MapDataset, data_config: ml_collections.ConfigDict) -> It
 
 
 _FOREVER = 2**62
+AUTO_WORKERS = -1
+# Cores left to the training process itself: the jitted steps' dispatch, the thread that puts
+# the next batches on the devices, host-side metrics, checkpoints and evaluation.
+TRAINING_PROCESS_CORES = 2
+
+
+def available_cores() -> int:
+  """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int, cores: Optional[int] = None) -> int:
+  """The grain worker processes ``data.workers`` asks for.
+
+  -1 (auto, the default): one per core of ``cores`` (default :func:`available_cores`) minus
+  ``TRAINING_PROCESS_CORES``: 0 on a host of <= 2 cores, where decoding runs in in-process
+  threads instead. >= 0: exactly that many (0 = in-process).
+  """
+  if workers < AUTO_WORKERS:
+    raise DataError(f"data.workers must be -1 (auto) or >= 0, got {workers}")
+  if workers == AUTO_WORKERS:
+    cores = available_cores() if cores is None else cores
+    return max(0, cores - TRAINING_PROCESS_CORES)
+  return workers
 
 
 def train_batches(data_config: ml_collections.ConfigDict, global_batch: int, seed: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from powerprop_jax.data.base import Dataset
+from powerprop_jax.experiment.data.base import Dataset
 
 
 def prototype_digits(n_train: int = 600, n_eval: int = 200, seed: int = 0, dim: int = 784,

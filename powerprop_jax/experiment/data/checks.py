@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from powerprop_jax.data.base import DataError
+from powerprop_jax.experiment.data.base import DataError
 
 
 def check_split(name: str, images: np.ndarray, labels: np.ndarray, num_classes: int,

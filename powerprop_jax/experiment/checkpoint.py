@@ -31,12 +31,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from powerprop_jax import checks
+
 CHECKSUM_FILE = "powerprop_sha256.json"
 DAMAGED_DIR = "checkpoints_damaged"
 _ORBAX_METADATA = "_CHECKPOINT_METADATA"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(checks.UserError):
   """No usable checkpoint where one exists, or the checkpoint folder is not a folder."""
 
 

@@ -18,8 +18,8 @@ import zlib
 
 import numpy as np
 
-from powerprop_jax.data.base import DataError, Dataset
-from powerprop_jax.data.checks import check_num_validation, check_split
+from powerprop_jax.experiment.data.base import DataError, Dataset
+from powerprop_jax.experiment.data.checks import check_num_validation, check_split
 
 NUM_CLASSES = 10
 
@@ -96,7 +96,7 @@ def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5
                       "the four MNIST IDX files")
     arrays, where = _load_idx(data_dir), f"MNIST IDX dir {data_dir!r}"
   elif source == "tfds":
-    from powerprop_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    from powerprop_jax.experiment.data import tfds_source  # pylint: disable=g-import-not-at-top
     arrays = tfds_source.load_arrays("mnist", data_dir,
                                      "offline, set data.dir=DIR holding the four IDX files")
     where = "tfds mnist"

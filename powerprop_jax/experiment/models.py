@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import jmp
 
+from powerprop_jax import checks
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # The official notebook's initialiser: truncated normal with spread exactly 1/sqrt(fan_in).
@@ -84,6 +86,17 @@ MODELS: dict[str, Callable[..., jax.Array]] = {
     "resnet50": resnet50,
     "resnet_tiny": resnet_tiny,
 }
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_config(config: Any) -> None:
+  """Checks a ``model`` section (one line naming the field)."""
+  checks.choice(config.name, "model.name", sorted(MODELS))
+  checks.choice(config.compute_dtype, "model.compute_dtype", COMPUTE_DTYPES)
+  checks.integer(config.num_classes, "model.num_classes", 2)
+  checks.positive(config.width, "model.width")
 
 
 def _policies(compute_dtype: str) -> list[tuple[type[hk.Module], jmp.Policy]]:

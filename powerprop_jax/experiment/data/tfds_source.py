@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from powerprop_jax.data.base import DataError
+from powerprop_jax.experiment.data.base import DataError
 
 
 def load_arrays(name: str, data_dir: str | None, offline_hint: str) -> dict[str, np.ndarray]:

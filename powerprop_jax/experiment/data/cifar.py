@@ -20,8 +20,8 @@ import zlib
 
 import numpy as np
 
-from powerprop_jax.data.base import DataError, Dataset
-from powerprop_jax.data.checks import check_num_validation, check_split
+from powerprop_jax.experiment.data.base import DataError, Dataset
+from powerprop_jax.experiment.data.checks import check_num_validation, check_split
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
@@ -66,7 +66,7 @@ def load_cifar10(source: str = "npz", data_dir: str = "", file: str = "cifar10_j
     where = os.path.join(data_dir, file) if data_dir else file
     arrays = _load_npz(where)
   elif source == "tfds":
-    from powerprop_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    from powerprop_jax.experiment.data import tfds_source  # pylint: disable=g-import-not-at-top
     arrays = tfds_source.load_arrays("cifar10", data_dir,
                                      "offline, use data.source='npz' and data.dir=DIR holding "
                                      f"{file}")

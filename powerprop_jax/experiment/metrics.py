@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from powerprop_jax.experiment import files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -120,12 +122,7 @@ def _truncate(path: str, start_step: int) -> None:
   with open(path) as f:
     if f.readlines() == lines:
       return
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(lines)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.atomic_write(path, "".join(lines))
 
 
 def format_duration(seconds: float) -> str:

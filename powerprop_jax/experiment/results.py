@@ -1,29 +1,43 @@
-"""Writing results: JSON, CSV and a PNG plot of a metric against a swept variable."""
+"""Writing results: JSON, CSV and a PNG plot of a metric against a swept variable.
+
+Every file is written whole through :func:`files.atomic_write`: a kill during a write leaves
+the previous good file, never an empty or torn one.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
+import io
 from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
 
+from powerprop_jax.experiment import files
+
 
 def write_json(path: str, rows: Any) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(rows, f, indent=1)
+  """``rows`` as JSON, atomically."""
+  files.write_json(path, rows)
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  """One CSV line per row (columns: every key, in first-seen order), atomically."""
   fields = list(dict.fromkeys(k for r in rows for k in r))
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
+  out = io.StringIO(newline="")
+  writer = csv.DictWriter(out, fieldnames=fields)
+  writer.writeheader()
+  writer.writerows(rows)
+  files.atomic_write(path, out.getvalue())
+
+
+def save_figure(fig: Any, path: str, dpi: int = 120) -> None:
+  """Saves a matplotlib figure as PNG, atomically, and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  plt.close(fig)
+  files.atomic_write(path, buffer.getvalue())
 
 
 def mean_by(rows: Sequence[dict[str, Any]], keys: Sequence[str], value: str
@@ -59,5 +73,4 @@ def plot_curves(path: str, rows: Sequence[dict[str, Any]], x: str, y: str, serie
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)

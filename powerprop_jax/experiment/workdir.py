@@ -18,21 +18,35 @@ the trained weights. Raising ``train.steps`` extends a finished run and is allow
 ``allow_extend``; lowering it never is (the checkpoint is already past the new end).
 
 ``WorkdirLock`` keeps a second process out of a workdir while a run uses it.
+
+This module owns every file a run leaves in its workdir and is the one reader of them for
+other code (sweeps, studies, ``scripts/reproduce.py``): the run record (:data:`RUN_CONFIG_FILE`,
+the one definition of "the same run" above), the metrics (written by
+``metrics.MetricsWriter``, read here through ``metrics.read_metrics``), a finished cell's
+result rows (:data:`RESULTS_FILE`), and a diverged run's record (:data:`DIVERGED_FILE`).
+:func:`status` says what a workdir holds for a config: absent, another config, diverged,
+unfinished or finished. Every write goes through ``files.atomic_write``.
 """
 
 from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
+
+from powerprop_jax import checks
+from powerprop_jax.experiment import files
 
 RUN_CONFIG_FILE = "run_config.json"
 LEGACY_CONFIG_FILE = "config.json"   # the whole config, written by older scripts/train.py
 LOCK_FILE = ".lock"
+RESULTS_FILE = "cell_results.json"   # a finished sweep cell's result rows
+DIVERGED_FILE = "diverged.json"      # a run stopped at a non-finite loss
 # The command-line flags the messages tell the user to pass (defined by the training script).
 OVERRIDE_FLAG = "--allow_changed_config"
 EXTEND_FLAG = "--allow_extend"
@@ -66,17 +80,13 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-class WorkdirError(ValueError):
+class WorkdirError(checks.UserError):
   """The workdir holds another run, or another process is using it."""
 
 
 def run_fields(config_dict: Mapping[str, Any]) -> dict[str, Any]:
   """The run-defining fields of a (nested) config as ``{dotted.key: value}``, JSON-normalised."""
-  if hasattr(config_dict, "to_dict"):  # an ml_collections.ConfigDict
-    config_dict = config_dict.to_dict()
-  flat: dict[str, Any] = {}
-  _flatten(config_dict, "", flat)
-  kept = {k: v for k, v in flat.items() if not _ignored(k)}
+  kept = {k: v for k, v in flat_fields(config_dict).items() if not _ignored(k)}
   # A JSON round trip makes tuples lists etc., so a fresh config compares equal to a stored one.
   return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
@@ -88,6 +98,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
       _flatten(value.to_dict() if hasattr(value, "to_dict") else value, name + ".", out)
     else:
       out[name] = value
+
+
+def flat_fields(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Every field of a (nested) config as ``{dotted.key: value}``."""
+  if hasattr(config_dict, "to_dict"):
+    config_dict = config_dict.to_dict()
+  flat: dict[str, Any] = {}
+  _flatten(config_dict, "", flat)
+  return flat
 
 
 def _ignored(key: str) -> bool:
@@ -139,6 +158,11 @@ def check_same_run(workdir: str, config_dict: Mapping[str, Any], allow_extend: b
   """
   old = recorded_fields(workdir)
   if old is None:
+    if _has_checkpoints(workdir) and not override:
+      raise WorkdirError(
+          f"{workdir} holds checkpoints but no run record ({RUN_CONFIG_FILE}), so they cannot "
+          f"be checked against this config; use a new --workdir, or pass {OVERRIDE_FLAG} to "
+          "resume them with this config anyway")
     return
   new = run_fields(config_dict)
   diffs = differences(old, new, allow_extend)
@@ -156,19 +180,107 @@ def check_same_run(workdir: str, config_dict: Mapping[str, Any], allow_extend: b
       f"--workdir, or pass {OVERRIDE_FLAG} to resume it with the new config anyway{hint}")
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def record_run(workdir: str, config_dict: Mapping[str, Any], is_writer: bool = True) -> None:
   """Writes the run-defining fields to ``workdir/run_config.json`` (atomically; writer only)."""
   if not is_writer:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump({"fields": run_fields(config_dict)}, f, indent=1, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.atomic_write(os.path.join(workdir, RUN_CONFIG_FILE),
+                     json.dumps({"fields": run_fields(config_dict)}, indent=1, sort_keys=True)
+                     + "\n")
+
+
+def run_identity(config_dict: Mapping[str, Any]) -> str:
+  """A short hash of the run-defining fields (checkpoints carry it: see ``checkpoint``)."""
+  text = json.dumps(run_fields(config_dict), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a workdir holds: the readers every other module uses.
+
+ABSENT, OTHER_CONFIG, DIVERGED, UNFINISHED, FINISHED = (
+    "absent", "other config", "diverged", "unfinished", "finished")
+
+
+class RunStatus(NamedTuple):
+  state: str                          # one of ABSENT ... FINISHED
+  final: Optional[dict[str, Any]]     # the last metrics record (None if there is none)
+  detail: str                         # why, for a message
+
+
+def metrics_records(workdir: str) -> list[dict[str, Any]]:
+  """The run's metrics records, one per step (a torn last line skipped); [] if none."""
+  from powerprop_jax.experiment import metrics  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, metrics.METRICS_FILE)
+  return metrics.read_metrics(path) if os.path.exists(path) else []
+
+
+def final_record(workdir: str, steps: int) -> Optional[dict[str, Any]]:
+  """The metrics record of step ``steps`` if it is the run's last one, else None."""
+  records = metrics_records(workdir)
+  return records[-1] if records and int(records[-1]["step"]) == int(steps) else None
+
+
+def mark_diverged(workdir: str, error: str) -> None:
+  """Records that the run in ``workdir`` stopped at a non-finite loss (a result, not a crash)."""
+  files.write_json(os.path.join(workdir, DIVERGED_FILE), {"error": str(error)})
+
+
+def diverged(workdir: str) -> Optional[str]:
+  """The divergence message recorded in ``workdir``, or None."""
+  record = files.read_json(os.path.join(workdir, DIVERGED_FILE))
+  return str(record.get("error", "diverged")) if isinstance(record, dict) else None
+
+
+def write_cell_results(workdir: str, rows: list[dict[str, Any]]) -> None:
+  """A finished sweep cell's result rows (reused by a rerun with the same config)."""
+  files.write_json(os.path.join(workdir, RESULTS_FILE), {"rows": rows})
+
+
+def cell_results(workdir: str) -> Optional[list[dict[str, Any]]]:
+  """The rows :func:`write_cell_results` left, or None (missing, empty or torn)."""
+  record = files.read_json(os.path.join(workdir, RESULTS_FILE))
+  return list(record["rows"]) if isinstance(record, dict) and "rows" in record else None
+
+
+def status(workdir: str, config_dict: Mapping[str, Any], steps_field: str = "train.steps"
+           ) -> RunStatus:
+  """What ``workdir`` holds for ``config_dict``: ABSENT (nothing recorded), OTHER_CONFIG (a run
+  with other defining fields), DIVERGED, UNFINISHED (no record of the last step, the value of
+  ``steps_field``) or FINISHED (with its final metrics record)."""
+  if not os.path.isdir(workdir):
+    return RunStatus(ABSENT, None, f"{workdir} does not exist")
+  try:
+    old = recorded_fields(workdir)
+  except WorkdirError as e:
+    return RunStatus(OTHER_CONFIG, None, str(e))
+  records = metrics_records(workdir)
+  last = records[-1] if records else None
+  if old is None:
+    from powerprop_jax.experiment import metrics  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)):
+      return RunStatus(ABSENT, None, f"{workdir} records no run")
+    if last is None:
+      return RunStatus(UNFINISHED, None, f"{workdir}: no complete metrics record")
+    return RunStatus(OTHER_CONFIG, last, f"{workdir} has metrics but no run record "
+                     f"({RUN_CONFIG_FILE}) to check its config against")
+  diffs = differences(old, run_fields(config_dict))
+  if diffs:
+    return RunStatus(OTHER_CONFIG, last, f"{workdir} holds a run of another config ("
+                     + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") + ")")
+  error = diverged(workdir)
+  if error is not None:
+    return RunStatus(DIVERGED, last, error)
+  steps = run_fields(config_dict).get(steps_field)
+  if last is None or steps is None or int(last["step"]) != int(steps):
+    seen = f"last record at step {int(last['step'])}" if last else "no metrics yet"
+    return RunStatus(UNFINISHED, last, f"{workdir}: {seen}, the run ends at step {steps}")
+  return RunStatus(FINISHED, last, "")
 
 
 class WorkdirLock:
