@@ -207,6 +207,16 @@ def test_flip_is_applied_half_the_time():
              for t in range(5))
 
 
+def test_workers_default_to_the_cores_the_host_can_spare():
+  assert config_lib.base().data.workers == imagenet.AUTO_WORKERS
+  assert imagenet.resolve_workers(-1, cores=16) == 16 - imagenet.TRAINING_PROCESS_CORES
+  assert imagenet.resolve_workers(-1, cores=2) == 0   # decode in-process threads instead
+  assert imagenet.resolve_workers(-1) == max(0, imagenet.available_cores() - 2)
+  assert imagenet.resolve_workers(3, cores=2) == 3
+  with pytest.raises(DataError, match="data.workers must be -1 .auto. or >= 0, got -2"):
+    imagenet.resolve_workers(-2)
+
+
 def test_normalise_uses_imagenet_mean_and_std():
   out = imagenet.normalise(np.array([[0, 0, 0], [255, 255, 255]], np.uint8))
   np.testing.assert_allclose(out, [[-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],

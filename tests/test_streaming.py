@@ -15,7 +15,7 @@ from powerprop_jax.experiment import data, train
 def _config(steps: int = 4):
   c = config_lib.base()
   c.alpha = 2.0
-  c.data.update({"name": "imagenet2012", "dir": "", "image_size": 32})
+  c.data.update({"name": "imagenet2012", "dir": "", "image_size": 32, "workers": 0})
   c.model.update({"name": "resnet_tiny", "num_classes": 1000})
   c.train.update({"steps": steps, "batch_size": 4, "eval_batch_size": 4, "chunk_steps": 1,
                   "unroll": True, "log_every": 1, "eval_every": 2, "checkpoint_every": 2})
