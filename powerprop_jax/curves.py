@@ -92,6 +92,44 @@ def nm_pruning_curve(weights: PyTree, accuracy_fn: Callable[[PyTree], float],
   return rows
 
 
+def parse_structures(text: str) -> list[tuple[int, int]]:
+  """``"2:4,1:8"`` -> [(2, 4), (1, 8)] (``""`` -> [])."""
+  return [structured.parse_structure(s) for s in text.split(",") if s.strip()]
+
+
+def nm_versus_unstructured(weights: PyTree, accuracy_fn: Callable[[PyTree], float],
+                           structures: Sequence[tuple[int, int]],
+                           predicate: transform.ParamPredicate = transform.weights_only
+                           ) -> list[dict[str, Any]]:
+  """For each (N, M): the weights pruned to N:M, and the same layers pruned without structure
+  (each to its top N/M by |w|), so the two differ only in the pattern.
+
+  A selected layer whose input axis (axis -2) is not divisible by M stays dense in both
+  (listed in ``dense_layers``). Rows: {"structure", "pattern" ("N:M" | "unstructured"),
+  "keep_fraction" (N/M), "weights_remaining" (realised, over every selected weight),
+  "dense_layers", "accuracy"}.
+  """
+  rows = []
+  shapes = transform.layer_shapes(weights, predicate)
+  for n, m in structures:
+    dense = sorted(name for name, shape in shapes.items() if shape[-2] % m)
+    if len(dense) == len(shapes):
+      raise ValueError(f"no layer's input axis is divisible by {m}: {n}:{m} prunes nothing")
+
+    def pruned(module: str, name: str, shape: tuple[int, ...], m: int = m) -> bool:
+      return predicate(module, name, shape) and shape[-2] % m == 0
+
+    for pattern, masks in (
+        (f"{n}:{m}", structured.nm_masks(weights, n, m, pruned)),
+        ("unstructured", masks_lib.magnitude_masks(weights, 1.0 - n / m, "layerwise",
+                                                   pruned))):
+      rows.append({"structure": f"{n}:{m}", "pattern": pattern, "keep_fraction": n / m,
+                   "weights_remaining": 1.0 - masks_lib.sparsity_of(jax.device_get(masks),
+                                                                    predicate),
+                   "dense_layers": ",".join(dense), "accuracy": float(accuracy_fn(masks))})
+  return rows
+
+
 def check_config(config: Any) -> None:
   """Checks a ``prune`` section (the pruning curves' scope, keep-fraction grid and output-layer
   multiplier); one line naming the bad field."""
@@ -103,3 +141,7 @@ def check_config(config: Any) -> None:
   if not float(config.output_layer_multiplier) >= 1.0:
     raise checks.ConfigError(f"prune.output_layer_multiplier must be >= 1, got "
                              f"{config.output_layer_multiplier!r}")
+  try:
+    parse_structures(config.structures)
+  except ValueError as e:
+    raise checks.ConfigError(f"prune.structures: {e}") from None

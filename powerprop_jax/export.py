@@ -64,6 +64,7 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 import numpy as np
 
+from powerprop_jax import checks
 from powerprop_jax import structured
 
 MAGIC = b"PPJXSPRS"
@@ -79,7 +80,7 @@ VALUES_DTYPES = (None, "bfloat16")
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
 
 
-class SparseFormatError(ValueError):
+class SparseFormatError(checks.UserError):
   """A file that is not a readable powerprop_jax sparse file (the message names it)."""
 
 
@@ -370,3 +371,13 @@ def load_sparse(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
       reason = f"{type(e).__name__}: {reason}"
     raise SparseFormatError(f"{path}: not a readable powerprop_jax sparse file "
                             f"(format {FORMAT_VERSION}): {reason}") from None
+
+
+def __getattr__(name: str) -> Any:
+  """``load_run`` (a finished experiment run's model, pruned weights and config) lives in the
+  harness, :mod:`powerprop_jax.experiment.export`; it is reached from here on first use only,
+  so importing this module loads nothing of the harness."""
+  if name in ("load_run", "LoadedRun"):
+    from powerprop_jax.experiment import export as run_export  # pylint: disable=g-import-not-at-top
+    return getattr(run_export, name)
+  raise AttributeError(f"module 'powerprop_jax.export' has no attribute {name!r}")

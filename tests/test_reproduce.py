@@ -90,6 +90,7 @@ def test_row_matches_published_recipe(row):
   o = c.optimizer
   assert (o.name, o.momentum, o.nesterov, o.schedule) == ("sgd", 0.9, True, "piecewise")
   assert o.learning_rate == pytest.approx(LR) and o.weight_decay == pytest.approx(1e-4)
+  assert o.weight_decay_kernels_only   # not biases or batch norm (RigL's official code)
   assert o.decay_factor == pytest.approx(0.1)
   # Nx stretches the epochs of the schedule together with the steps.
   assert abs(o.warmup_steps - _steps_of_epochs(WARMUP_EPOCHS * mult)) <= 1
@@ -107,7 +108,8 @@ def test_row_matches_published_recipe(row):
     assert s.end_step in (0, steps)             # ... for the whole run
   elif method == "rigl":
     assert s.distribution == "erk" and s.dense_layers == "first"
-    assert (s.begin_step, s.end_step, s.update_every) == (0, int(0.75 * steps), 100)
+    # the official maskupdate_end_step, 25,000 at 1x, stretched by the multiplier
+    assert (s.begin_step, s.end_step, s.update_every) == (0, 25_000 * mult, 100)
     assert s.drop_fraction == pytest.approx(0.3)
   elif method == "gradual":
     assert s.distribution == "uniform"
@@ -309,10 +311,12 @@ def test_smoke_runs_every_row(tmp_path):
   rc = reproduce.main(["--table", "imagenet", "--smoke", "--runs", str(tmp_path / "runs"),
                        "--out", str(tmp_path / "out")], log=lambda msg: None)
   elapsed, cpu = time.time() - t0, time.process_time() - cpu0
-  table = _read_csv(tmp_path / "out" / "reproduce_imagenet.csv")
+  assert not (tmp_path / "out" / "reproduce_imagenet.csv").exists()  # not the real table
+  table = _read_csv(tmp_path / "out" / "reproduce_imagenet_smoke.csv")
   assert sorted(table) == sorted(ALL_ROWS)
-  failed = {r: v["status"] for r, v in table.items() if v["status"] != "ok"}
+  failed = {r: v["status"] for r, v in table.items() if v["status"] != "smoke"}
   assert rc == 0 and not failed, failed
+  assert "(smoke)" in (tmp_path / "out" / "reproduce_imagenet_smoke.md").read_text()
   assert all(0.0 <= float(v["top1"]) <= 100.0 for v in table.values())
   assert all(v["steps"] == str(reproduce.SMOKE_STEPS) for v in table.values())
   assert cpu < 300, f"smoke took {cpu:.0f} CPU s ({elapsed:.0f} s wall)"

@@ -60,6 +60,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_every = 10_000
   c.train.checkpoint_every = 10_000
   c.train.augment = "none"            # none | crop_flip (on device)
+  c.train.compilation_cache = ""      # persistent JAX compilation cache dir ("" = off)
+  c.train.profile = ""                # "START:STOP": trace those steps into workdir/profile
   c.train.label_smoothing = 0.0
 
   c.optimizer = ml_collections.ConfigDict()
@@ -68,6 +70,8 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.0
   c.optimizer.nesterov = False
   c.optimizer.weight_decay = 0.0
+  c.optimizer.weight_decay_kernels_only = False   # decay conv/linear kernels only, not
+                                                # biases or batch-norm scales/offsets
   c.optimizer.schedule = "constant"   # constant | cosine | piecewise
   c.optimizer.warmup_steps = 0
   c.optimizer.boundaries = ()         # piecewise: fractions of training where lr *= decay
@@ -87,12 +91,16 @@ def base() -> ml_collections.ConfigDict:
   c.sparsity.grow_init = "auto"       # rigl/set: auto | zero | min_active | w_epsilon
   c.sparsity.grow_epsilon = 1e-3
   c.sparsity.seed = 0
+  c.sparsity.structure = ""           # oneshot/gradual: "N:M" (e.g. "2:4") along each kernel's
+                                      # input axis, level = 1 - N/M; "" = unstructured
 
   c.prune = ml_collections.ConfigDict()   # post-training one-shot pruning curves
   c.prune.scope = "layerwise"         # layerwise | global
   c.prune.min_keep_fraction = 0.01    # keep fractions geomspace(min_keep_fraction, 1, num)
   c.prune.num_keep_fractions = 20
   c.prune.output_layer_multiplier = 2.0   # output layer keeps min(1, 2p) (layerwise)
+  c.prune.structures = ""             # comma list of N:M structures ("2:4,1:4,1:8") also
+                                      # evaluated, beside unstructured at the same density
 
   c.continual = ml_collections.ConfigDict()
   c.continual.method = "efficient_packnet"   # packnet | efficient_packnet

@@ -117,7 +117,8 @@ def outcome(config: ml_collections.ConfigDict, workdir: str, cell: Cell,
         f"{status.detail}; use a new --workdir for a sweep with another config")
   if status.state == workdir_lib.DIVERGED:
     return Outcome(cell, run_dir, DIVERGED, [], status.detail)
-  rows = workdir_lib.cell_results(run_dir) if status.state != workdir_lib.ABSENT else None
+  rows = (workdir_lib.cell_results(run_dir, cell_config(config, cell))
+          if status.state != workdir_lib.ABSENT else None)
   return Outcome(cell, run_dir, MISSING if rows is None else FINISHED, rows or [])
 
 
@@ -157,7 +158,7 @@ def run_cells(config: ml_collections.ConfigDict, workdir: str, cells: Sequence[C
       log(f"   diverged: {e}")
       out.append(got._replace(state=DIVERGED, error=str(e)))
       continue
-    workdir_lib.write_cell_results(got.workdir, rows)
+    workdir_lib.write_cell_results(got.workdir, rows, cell_config(config, got.cell))
     out.append(got._replace(state=FINISHED, rows=rows))
   return out
 

@@ -237,15 +237,29 @@ def diverged(workdir: str) -> Optional[str]:
   return str(record.get("error", "diverged")) if isinstance(record, dict) else None
 
 
-def write_cell_results(workdir: str, rows: list[dict[str, Any]]) -> None:
-  """A finished sweep cell's result rows (reused by a rerun with the same config)."""
-  files.write_json(os.path.join(workdir, RESULTS_FILE), {"rows": rows})
+def result_fields(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """The fields a cell's result rows depend on: the run-defining fields plus what is computed
+  after training (``prune``: the pruning curves and N:M structures evaluated)."""
+  flat = json.loads(json.dumps(flat_fields(config_dict), sort_keys=True, default=str))
+  return {k: v for k, v in flat.items() if not _ignored(k) or k.startswith("prune.")}
 
 
-def cell_results(workdir: str) -> Optional[list[dict[str, Any]]]:
-  """The rows :func:`write_cell_results` left, or None (missing, empty or torn)."""
+def write_cell_results(workdir: str, rows: list[dict[str, Any]],
+                       config_dict: Mapping[str, Any]) -> None:
+  """A finished sweep cell's result rows, with the :func:`result_fields` they came from."""
+  files.write_json(os.path.join(workdir, RESULTS_FILE),
+                   {"fields": result_fields(config_dict), "rows": rows})
+
+
+def cell_results(workdir: str, config_dict: Mapping[str, Any]
+                 ) -> Optional[list[dict[str, Any]]]:
+  """The rows :func:`write_cell_results` left for this config, or None: missing, empty or
+  torn, or computed under other :func:`result_fields` (e.g. other pruning structures; the
+  cell is then recomputed, its training resumed from the checkpoint)."""
   record = files.read_json(os.path.join(workdir, RESULTS_FILE))
-  return list(record["rows"]) if isinstance(record, dict) and "rows" in record else None
+  if not isinstance(record, dict) or "rows" not in record:
+    return None
+  return list(record["rows"]) if record.get("fields") == result_fields(config_dict) else None
 
 
 def status(workdir: str, config_dict: Mapping[str, Any], steps_field: str = "train.steps"

@@ -7,7 +7,9 @@ The fields of ``config.sparsity`` and their defaults are in :func:`powerprop_jax
   begin_step, end_step, update_every: the mask-update window (end_step 0 = 75% of training
     for rigl/set, as in RigL; = total steps for topkast; = 50% for gradual);
   backward_level (topkast): backward sparsity <= level (< 0: the paper's 2 * level - 1);
-  penalty (topkast): lambda; drop_fraction, grow_init, grow_epsilon, seed (rigl/set).
+  penalty (topkast): lambda; drop_fraction, grow_init, grow_epsilon, seed (rigl/set);
+  structure (oneshot, gradual): "N:M" keeps exactly N of every M weights along each pruned
+    kernel's input axis (:mod:`powerprop_jax.structured`; level must be 1 - N/M), "" = none.
 :func:`check_config` refuses a bad field or combination before any data is loaded (it needs
 no params); the builders check again what only the params can tell (a level that empties a
 layer, an unknown dense layer).
@@ -18,9 +20,11 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import numpy as np
 
 from powerprop_jax import checks
 from powerprop_jax import masks as masks_lib
+from powerprop_jax import structured, transform
 from powerprop_jax.sparsity import distributions, magnitude, rigl, topkast
 from powerprop_jax.sparsity.base import SparsityMethod
 
@@ -72,21 +76,38 @@ def topkast_backward_level(level: float) -> float:
   return TOPKAST_BACKWARD.get(round(level, 6), max(0.0, round(2.0 * level - 1.0, 10)))
 
 
+def _structured_counts(config, params, level, layer_order=()) -> PyTree:
+  """Keep counts; under ``sparsity.structure`` every pruned layer must fit N:M groups."""
+  counts = _counts(config, params, level, layer_order)
+  nm = structured.parse_structure(config.structure)
+  if nm is not None:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, p), k in zip(flat, jax.tree_util.tree_leaves(counts)):
+      if k >= 0:
+        try:
+          structured.check_groups(np.shape(p), nm[1], "/".join(transform.leaf_names(path)))
+        except ValueError as e:
+          raise checks.ConfigError(f"sparsity.structure={config.structure}: {e}, or list "
+                                   f"its module in sparsity.dense_layers") from None
+  return counts
+
+
 def build_oneshot(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
   del alpha
   begin = int(config.begin_step)
   if not 0 <= begin <= total_steps:
     raise checks.ConfigError(f"sparsity.begin_step must be in [0, {total_steps}], got {begin}")
   level = _level(config, "oneshot")
-  return magnitude.oneshot_pruning(_counts(config, params, level, layer_order), begin)
+  return magnitude.oneshot_pruning(_structured_counts(config, params, level, layer_order),
+                                   begin, structure=config.structure)
 
 
 def build_gradual(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
   del alpha
   level = _level(config, "gradual")
   begin, end, every = _window(config, total_steps, 0.5)
-  return magnitude.gradual_pruning(_counts(config, params, level, layer_order), begin, end,
-                                   every)
+  return magnitude.gradual_pruning(_structured_counts(config, params, level, layer_order),
+                                   begin, end, every, structure=config.structure)
 
 
 def build_topkast(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
@@ -160,6 +181,7 @@ METHODS: dict[str, Optional[Builder]] = {
 
 
 DISTRIBUTIONS = ("uniform", "erk")
+STRUCTURED_METHODS = ("oneshot", "gradual")   # the methods sparsity.structure="N:M" applies to
 # Where the mask-update window ends when ``end_step`` is 0, as a fraction of training.
 DEFAULT_END_FRACTION = {"oneshot": 0.0, "gradual": 0.5, "topkast": 1.0, "rigl": 0.75, "set": 0.75}
 
@@ -174,6 +196,17 @@ def check_config(config: Any, total_steps: int) -> None:
     raise checks.ConfigError(str(e)) from None
   checks.choice(config.distribution, "sparsity.distribution", DISTRIBUTIONS)
   checks.integer(config.seed, "sparsity.seed")
+  try:
+    nm = structured.parse_structure(config.structure)
+  except ValueError as e:
+    raise checks.ConfigError(f"sparsity.structure: {e}") from None
+  if nm is not None and method not in STRUCTURED_METHODS:
+    raise checks.ConfigError(f"sparsity.structure={config.structure} needs sparsity.method in "
+                             f"{list(STRUCTURED_METHODS)}, got {method!r}")
+  if nm is not None and abs(level - (1 - nm[0] / nm[1])) > 1e-9:
+    raise checks.ConfigError(f"sparsity.structure={config.structure} keeps {nm[0]} of every "
+                             f"{nm[1]} weights: set sparsity.level={1 - nm[0] / nm[1]:g}, "
+                             f"got {level:g}")
   if method == "none":
     return
   try:

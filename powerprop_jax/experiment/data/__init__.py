@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from powerprop_jax import checks as config_checks  # not .checks: the submodule of that name
 
@@ -37,6 +38,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   config_checks.integer(config.prefetch, "data.prefetch", 1)
 
 
+def sample_input(config: ml_collections.ConfigDict) -> np.ndarray:
+  """A zero batch of one example shaped as the loaders deliver ``config.name`` (what a model
+  is initialised on; no data is read)."""
+  config_checks.choice(config.name, "data.name", DATA_SETS)
+  if config.name == "mnist":
+    return np.zeros((1, 784), np.float32)
+  size = 32 if config.name == "cifar10" else int(config.image_size)
+  return np.zeros((1, size, size, 3), np.float32)
+
+
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, Dataset]:
   """The train/validation/test splits of the data set ``config.name`` as in-memory arrays."""
   if config.name not in LOADERS:
@@ -50,6 +61,6 @@ def load_splits(config: ml_collections.ConfigDict) -> DataSplits:
   return inputs.load_splits(config)
 
 
-__all__ = ["DATA_SETS", "DataError", "check_config", "Dataset", "DataSplits", "LOADERS", "batch_indices", "check_split",
+__all__ = ["DATA_SETS", "sample_input", "DataError", "check_config", "Dataset", "DataSplits", "LOADERS", "batch_indices", "check_split",
            "epoch_permutation", "gather_batch", "load_cifar10", "load_datasets", "load_mnist",
            "load_splits", "local_batches", "padded_batches", "prototype_digits", "read_idx"]
