@@ -43,6 +43,7 @@ from powerprop_jax import optim, transform
 from powerprop_jax.experiment import checkpoint as checkpoint_lib
 from powerprop_jax.experiment import metrics as metrics_lib
 from powerprop_jax.experiment import parallel
+from powerprop_jax.experiment import preemption
 from powerprop_jax.experiment import workdir as workdir_lib
 from powerprop_jax.experiment.data import augment as augment_lib
 from powerprop_jax.experiment.data import base as data_base
@@ -433,6 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with workdir_lib.WorkdirLock(workdir, is_writer=is_writer):
     workdir_lib.check_same_run(workdir, config.to_dict(), allow_extend=allow_extend,
                                override=allow_changed_config, log=log)
+    use_compilation_cache(str(train_cfg.compilation_cache))
     exp = build_experiment(config, splits.sample_input)
     ckpt = checkpoint_lib.Checkpointer(workdir)
     state, restored = ckpt.restore_latest_intact(exp.init_state, log)
@@ -444,6 +446,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
     ckpt.close()
   return state, exp
+
+
+def use_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in ``directory`` ("": leave the setting alone): a
+  rerun (a resume after preemption) loads the compiled steps instead of compiling again."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
 
 def _train_input(config, splits: data_base.DataSplits, start: int, mesh) -> TrainInput:
@@ -550,18 +559,70 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       last_good = s
 
   s = start
+  profile = Profile(parse_profile(train_cfg.profile), os.path.join(workdir, "profile"))
+  chunks = iterate_chunks(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps))
   try:
-    for chunk in iterate_chunks(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps)):
-      state, s = chunk.state, s + chunk.k
-      window.add(chunk)
-      due = {n: crossed(int(train_cfg[f"{n}_every"]), s, window.steps) or s == steps
-             for n in ("log", "eval", "checkpoint")}
-      if any(due.values()):
-        on_boundary(state, s, window.fetch(), save=due["checkpoint"], evaluate_now=due["eval"])
-        window.restart()
+    with preemption.PreemptionWatch() as watch:
+      for i, chunk in enumerate(chunks):
+        state, s = chunk.state, s + chunk.k
+        window.add(chunk)
+        profile.update(s, state)
+        stop = watch.reached(i)
+        due = {n: crossed(int(train_cfg[f"{n}_every"]), s, window.steps) or s == steps
+               for n in ("log", "eval", "checkpoint")}
+        if any(due.values()) or stop:
+          on_boundary(state, s, window.fetch(), save=due["checkpoint"] or stop,
+                      evaluate_now=due["eval"])
+          window.restart()
+        if stop:
+          log(f"preempted: stopped at step {s} of {steps} with a checkpoint in {workdir}; "
+              "rerun the same command to resume")
+          break
   finally:
+    chunks.close()
+    profile.stop(state)
     writer.close()
   return state
+
+
+def parse_profile(spec: str) -> Optional[tuple[int, int]]:
+  """``train.profile`` "START:STOP" -> (START, STOP) with 0 <= START < STOP; "" -> None."""
+  if not spec:
+    return None
+  try:
+    first, last = (int(x) for x in str(spec).split(":"))
+  except ValueError:
+    first = last = -1
+  if not 0 <= first < last:
+    raise checks.ConfigError(f"train.profile must be '' or 'START:STOP' with 0 <= START < STOP "
+                             f"(steps), got {spec!r}")
+  return first, last
+
+
+class Profile:
+  """A ``jax.profiler`` trace of steps (START, STOP] (widened to whole chunks) in ``logdir``:
+  started once a chunk ends at step >= START, stopped once one ends at step >= STOP."""
+
+  def __init__(self, window: Optional[tuple[int, int]], logdir: str):
+    self.window, self.logdir, self.running = window, logdir, False
+
+  def update(self, step: int, state: TrainState) -> None:
+    """Called after each chunk is dispatched, with the step it ends at."""
+    if self.window is None:
+      return
+    first, last = self.window
+    if self.running and step >= last:
+      self.stop(state)
+      self.window = None
+    elif not self.running and first <= step < last:
+      jax.profiler.start_trace(self.logdir)
+      self.running = True
+
+  def stop(self, state: TrainState) -> None:
+    if self.running:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.running = False
 
 
 def check_config(config: ml_collections.ConfigDict, num_train: Optional[int] = None,
@@ -588,6 +649,7 @@ def check_config(config: ml_collections.ConfigDict, num_train: Optional[int] = N
     checks.integer(t[field], f"train.{field}", 1)
   for field in ("num_devices", "log_every", "eval_every", "checkpoint_every"):
     checks.integer(t[field], f"train.{field}")
+  parse_profile(t.profile)
   checks.choice(t.augment, "train.augment", sorted(augment_lib.AUGMENTATIONS))
   checks.fraction(t.label_smoothing, "train.label_smoothing")
   check_batch_split(batch, num_devices or 1, microbatches)
