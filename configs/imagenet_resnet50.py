@@ -9,10 +9,16 @@ Rows (the part after ':' is ``get_config``'s argument; none gives ``dense``):
 * ``topkast80`` / ``topkast90`` / ``topkast95``: Top-KAST forward/backward sparsity 80/50,
   90/80, 95/90 (Jayakumar et al. 2020): uniform per-layer density, first and last layers
   dense, exploration penalty lambda = 1e-4, sets refreshed every step.
-* ``rigl{80,90,95}_{1x,5x}``: RigL (Evci et al. 2020) with ERK densities, first layer dense
-  (the official code's ``first_layer_sparsity=0``), masks updated every 100 steps until 75%
-  of training, drop fraction 0.3 (cosine decayed). ``Nx`` multiplies the steps, the learning
-  rate schedule (warm-up and decay epochs) and the mask-update window together.
+* ``rigl{80,90,95}_{1x,5x}``: RigL (Evci et al. 2020) with ERK densities, masks updated
+  every 100 steps until step 25,000 x N (``RIGL_END_STEP_1X``), drop fraction 0.3 (cosine
+  decayed). ``Nx`` multiplies the steps, the learning rate schedule (warm-up and decay
+  epochs) and the mask-update window together, as the official code's
+  ``training_steps_multiplier`` does. First layer under ERK: dense and left out of the ERK
+  budget; the last layer takes its ERK density. Source: google-research/rigl
+  ``rigl/imagenet_resnet/imagenet_train_eval.py``: ``first_layer_sparsity`` defaults to 0
+  ("If 0, layer is not pruned or masked": ``prune_first_layer=False``, so the ERK mask
+  initialiser never sees it) and ``last_layer_sparsity`` to -1 ("default sparsity is
+  applied").
 * ``gmp80`` / ``gmp90`` / ``gmp95``: gradual magnitude pruning (Zhu & Gupta 2017) as RigL's
   ImageNet pruning baseline (window below), uniform, first layer dense.
 * Each row with suffix ``_pp``: the same recipe with Powerpropagation, ``alpha`` =
@@ -22,7 +28,9 @@ Rows (the part after ':' is ``get_config``'s argument; none gives ``dense``):
 Optimisation, shared by every row (RigL's ImageNet recipe, which Top-KAST follows): batch
 4096, 32,000 steps per "1x" (about 102 epochs of 1,281,167 images), SGD with Nesterov
 momentum 0.9, learning rate 0.1 per 256 images (1.6 at batch 4096) with a 5-epoch linear
-warm-up and x0.1 at epochs 30, 70 and 90, weight decay 1e-4, label smoothing 0.1.
+warm-up and x0.1 at epochs 30, 70 and 90, weight decay 1e-4 on the conv and linear kernels
+only (not biases or batch-norm scales/offsets: the official code regularises ``kernel`` of
+each layer, ``biases_regularizer=None``, none on batch norm), label smoothing 0.1.
 Epochs become steps at ``EPOCH_IMAGES / BATCH_SIZE`` steps per epoch; the warm-up is given
 in steps and the decay points as fractions of training (what ``train.make_optimizer``
 reads). Every field and its default: ``powerprop_jax/experiment/config.py``.
@@ -58,6 +66,10 @@ POWERPROP_ALPHA = 1.25
 # update_start_step=10_000, update_end_step=25_000, update_freq=1000 at batch 4096). The
 # RigL paper follows Gale et al. 2019 (the State of Sparsity), whose 128k-step batch-1024
 # schedule this is when rescaled to batch 4096.
+# RigL's mask-update window at 1x: the official ``maskupdate_end_step`` default (25,000 at
+# batch 4096, 78% of 32k steps; google-research/rigl imagenet_train_eval.py), not 0.75 x steps.
+RIGL_END_STEP_1X = 25_000
+
 GMP_BEGIN_STEP = 10_000
 GMP_END_STEP = 25_000
 GMP_UPDATE_EVERY = 1_000
@@ -127,11 +139,13 @@ def get_config(config_string: str = "dense") -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.eval_every = 4000 * multiplier     # 8 evaluations per run
   config.train.checkpoint_every = 1000            # about 3 epochs of work at risk
+  config.train.compilation_cache = "~/.cache/powerprop_jax/xla"   # reruns skip compiling
 
   config.optimizer.learning_rate = BASE_LEARNING_RATE * BATCH_SIZE / 256   # 1.6
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
   config.optimizer.weight_decay = 1e-4
+  config.optimizer.weight_decay_kernels_only = True
   config.optimizer.schedule = "piecewise"
   # RigL's Nx stretches the epochs of the schedule with the steps, so the warm-up is
   # multiplier x 5 epochs and the decay fractions are the same for every multiplier.
@@ -153,7 +167,7 @@ def get_config(config_string: str = "dense") -> ml_collections.ConfigDict:
     config.sparsity.distribution = "erk"
     config.sparsity.dense_layers = "first"
     config.sparsity.update_every = 100
-    config.sparsity.end_step = int(0.75 * steps)
+    config.sparsity.end_step = RIGL_END_STEP_1X * multiplier
     config.sparsity.drop_fraction = 0.3
   elif method == "gradual":
     config.sparsity.distribution = "uniform"

@@ -15,7 +15,7 @@ so masks or other wrappers that edit w stay consistent with it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import optax
@@ -106,6 +106,8 @@ def check_config(config: Any, total_steps: int) -> None:
   checks.choice(config.name, "optimizer.name", OPTIMIZERS)
   checks.fraction(config.momentum, "optimizer.momentum", 0.0, 1.0)
   checks.positive(config.weight_decay, "optimizer.weight_decay", allow_zero=True)
+  checks.choice(config.weight_decay_kernels_only, "optimizer.weight_decay_kernels_only",
+                (False, True))
   checks.positive(config.decay_factor, "optimizer.decay_factor")
   checks.integer(config.warmup_steps, "optimizer.warmup_steps")
   try:
@@ -114,11 +116,26 @@ def check_config(config: Any, total_steps: int) -> None:
     raise checks.ConfigError(str(e)) from None
 
 
+def kernels_only(mask: Any = None) -> Callable[[Any], Any]:
+  """``params -> tree of bools``: True on kernels (``transform.weights_only``: "w"/"kernel"
+  leaves of ndim >= 2), False on biases and batch-norm scales/offsets; ANDed with ``mask``
+  (a params-shaped tree of bools) if given."""
+
+  def kernel_mask(params: Any) -> Any:
+    kernels = transform.selected(params, weights_only)
+    if mask is None:
+      return kernels
+    return jax.tree_util.tree_map(lambda k, m: bool(k and m), kernels, mask)
+
+  return kernel_mask
+
+
 def make_optimizer(config: Any, total_steps: int, weight_decay_mask: Any = None
                    ) -> optax.GradientTransformation:
   """The optax optimizer a config's ``optimizer`` section names: name (sgd | adam),
   momentum, nesterov, weight_decay (on the leaves ``weight_decay_mask`` marks True; None:
-  all), and the :func:`learning_rate_schedule`."""
+  all; with ``weight_decay_kernels_only`` only on those that are also kernels,
+  :func:`kernels_only`), and the :func:`learning_rate_schedule`."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "sgd":
     tx = optax.sgd(schedule, momentum=float(config.momentum) or None,
@@ -127,6 +144,8 @@ def make_optimizer(config: Any, total_steps: int, weight_decay_mask: Any = None
     tx = optax.adam(schedule)
   else:
     raise ValueError(f"optimizer.name must be sgd|adam, got {config.name!r}")
+  if bool(config.weight_decay_kernels_only):
+    weight_decay_mask = kernels_only(weight_decay_mask)
   if float(config.weight_decay):
     tx = optax.chain(optax.add_decayed_weights(float(config.weight_decay),
                                                mask=weight_decay_mask), tx)

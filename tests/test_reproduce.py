@@ -206,7 +206,7 @@ def test_budget_overrides_scale_every_step_field():
   c = MODULE.get_config("rigl90_5x")
   o = reproduce.budget_overrides(c, 1600)       # 1% of 160,000
   assert o == {"train.steps": 1600, "optimizer.warmup_steps": round(0.01 * 7819.7),
-               "sparsity.end_step": 1200}
+               "sparsity.end_step": 1250}   # 1% of RigL's 125,000 (25,000 x 5)
   g = reproduce.budget_overrides(MODULE.get_config("gmp90"), 3200)
   assert (g["sparsity.begin_step"], g["sparsity.end_step"]) == (1000, 2500)
   short = reproduce.with_overrides(c, reproduce.budget_overrides(c, 2))
