@@ -62,6 +62,10 @@ class ContinualResult(NamedTuple):
   num_trained: int                # tasks trained (< num_tasks if the capacity ran out)
 
 
+class CapacityExhausted(checks.UserError):
+  """A layer has no free weight left for the next task (and stop_when_full is off)."""
+
+
 def check_config(c: Any) -> None:
   """Checks the ``continual`` section (one line naming the bad field and its valid range)."""
   checks.choice(c.method, "continual.method", METHODS)
@@ -236,8 +240,8 @@ def _run(config: Any, datasets: dict[str, Dataset], workdir: Optional[str], log:
           if c.stop_when_full:
             log(message + "; stopping (continual.stop_when_full)")
             break
-          raise ValueError(message + " (lower gamma, raise prune_fraction, train fewer "
-                           "tasks or set continual.stop_when_full=True)")
+          raise CapacityExhausted(message + " (lower gamma, raise prune_fraction, train "
+                                  "fewer tasks or set continual.stop_when_full=True)")
         params = assignment.reinit_free(params, stream.fresh_params(t)[0], owners, pred)
       fwd, grad = assignment.train_masks(owners, t, pred)
       params, net_state, m = stream.train_phase(t, params, net_state, fwd, grad,

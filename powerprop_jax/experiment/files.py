@@ -35,15 +35,20 @@ def atomic_write(p: PathLike, data: Union[str, bytes]) -> None:
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f".{target.name}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}"
   payload = data.encode() if isinstance(data, str) else data
-  if is_local(target):
-    with open(os.fspath(tmp), "wb") as f:
-      f.write(payload)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(os.fspath(tmp), os.fspath(target))
-    return
-  tmp.write_bytes(payload)
-  tmp.rename(target)
+  try:
+    if is_local(target):
+      with open(os.fspath(tmp), "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(os.fspath(tmp), os.fspath(target))
+    else:
+      tmp.write_bytes(payload)
+      tmp.rename(target)
+  except BaseException:
+    if tmp.exists():
+      tmp.unlink()
+    raise
 
 
 def write_json(p: PathLike, obj: Any) -> None:

@@ -7,7 +7,8 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from powerprop_jax.experiment.data.base import DataSplits
+from powerprop_jax import checks
+from powerprop_jax.experiment.data.base import Dataset, DataSplits
 
 STREAMED = ("imagenet2012",)
 
@@ -27,7 +28,18 @@ def load_validated(config: ml_collections.ConfigDict,
                           int(config.train.microbatches))
   splits = load_splits(config)
   train.check_config(config, num_train=splits.num_train, num_devices=num_devices)
+  check_classes(splits, int(config.model.num_classes), config.data.name)
   return splits
+
+
+def check_classes(splits: DataSplits, num_classes: int, name: str) -> None:
+  """ConfigError unless every in-memory split's labels are classes of the model's head."""
+  top = max((int(np.max(d.labels)) for d in splits.as_dict().values()
+             if isinstance(d, Dataset) and len(d.labels)), default=-1)
+  if top >= num_classes:
+    raise checks.ConfigError(f"{name} has labels up to {top} ({top + 1} classes) but "
+                             f"model.num_classes={num_classes}; set model.num_classes="
+                             f"{top + 1}")
 
 
 def load_splits(config: ml_collections.ConfigDict) -> DataSplits:

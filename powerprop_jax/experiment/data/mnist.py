@@ -106,6 +106,10 @@ def load_mnist(source: str = "auto", data_dir: str = "", num_validation: int = 5
   check_split("test", arrays["test_images"], arrays["test_labels"], NUM_CLASSES, where,
               image_shape=arrays["train_images"].shape[1:])
   n = len(arrays["train_images"])
+  if n < len(arrays["test_images"]):
+    raise DataError(f"{where}: the train files hold {n} images but the test files "
+                    f"{len(arrays['test_images'])}: MNIST trains on 60,000 and tests on 10,000; "
+                    "are the train-* and t10k-* files swapped?")
   check_num_validation(num_validation, n, where)
   cut = n - num_validation
   return {
