@@ -41,6 +41,7 @@ from __future__ import annotations
 import ml_collections
 
 from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.sparsity import builders
 
 EPOCH_IMAGES = 1_281_167      # ImageNet-2012 training images
 BATCH_SIZE = 4096
@@ -73,10 +74,6 @@ RIGL_END_STEP_1X = 25_000
 GMP_BEGIN_STEP = 10_000
 GMP_END_STEP = 25_000
 GMP_UPDATE_EVERY = 1_000
-
-# Top-KAST backward sparsity (%) for each forward sparsity (%), as published. Not 2 * s - 1:
-# that rule gives 60% for 80%.
-TOPKAST_BACKWARD = {80: 50, 90: 80, 95: 90}
 
 # Published top-1 (%) of each baseline row (PAPER.md section 4). Rows not listed (gmp*,
 # rigl95_1x, every ``_pp`` row) have no published number in PAPER.md.
@@ -157,7 +154,8 @@ def get_config(config_string: str = "dense") -> ml_collections.ConfigDict:
   config.sparsity.method = method
   config.sparsity.level = level
   if method == "topkast":
-    config.sparsity.backward_level = TOPKAST_BACKWARD[round(100 * level)] / 100
+    # The published pair (80/50, 90/80, 95/90; not 2 s - 1, which gives 60% for 80%).
+    config.sparsity.backward_level = builders.topkast_backward_level(level)
     config.sparsity.distribution = "uniform"
     config.sparsity.dense_layers = "first,last"
     config.sparsity.penalty = 1e-4       # lambda = the weight decay
