@@ -8,8 +8,9 @@ The fields of ``config.sparsity`` and their defaults are in :func:`powerprop_jax
     for rigl/set, as in RigL; = total steps for topkast; = 50% for gradual);
   backward_level (topkast): backward sparsity <= level (< 0: the paper's 2 * level - 1);
   penalty (topkast): lambda; drop_fraction, grow_init, grow_epsilon, seed (rigl/set);
-  structure (oneshot, gradual): "N:M" keeps exactly N of every M weights along each pruned
-    kernel's input axis (:mod:`powerprop_jax.structured`; level must be 1 - N/M), "" = none.
+  structure (oneshot, gradual, rigl, set): "N:M" keeps exactly N of every M weights along
+    each pruned kernel's input axis (:mod:`powerprop_jax.structured`; level must be 1 - N/M;
+    rigl/set drop and grow within each group), "" = none.
 :func:`check_config` refuses a bad field or combination before any data is loaded (it needs
 no params); the builders check again what only the params can tell (a level that empties a
 layer, an unknown dense layer).
@@ -77,10 +78,16 @@ def topkast_backward_level(level: float) -> float:
 
 
 def _structured_counts(config, params, level, layer_order=()) -> PyTree:
-  """Keep counts; under ``sparsity.structure`` every pruned layer must fit N:M groups."""
+  """Keep counts; under ``sparsity.structure`` the ``dense_layers`` get -1 (never pruned:
+  an N:M method prunes every leaf with a count >= 0) and every other pruned layer must fit
+  N:M groups."""
   counts = _counts(config, params, level, layer_order)
   nm = structured.parse_structure(config.structure)
   if nm is not None:
+    layers = list(transform.layer_shapes(params))
+    dense = distributions.resolve_dense_layers(layers, config.dense_layers, layer_order)
+    pruned = distributions.counts_tree(params, {l: int(l not in dense) for l in layers})
+    counts = jax.tree_util.tree_map(lambda k, p: k if p > 0 else -1, counts, pruned)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for (path, p), k in zip(flat, jax.tree_util.tree_leaves(counts)):
       if k >= 0:
@@ -154,9 +161,10 @@ def _build_drop_grow(config, params, total_steps, alpha, grow: str, layer_order=
   fraction = float(config.drop_fraction)
   if not 0.0 < fraction <= 1.0:
     raise checks.ConfigError(f"sparsity.drop_fraction must be in (0, 1], got {fraction}")
-  return rigl.drop_and_grow(_counts(config, params, level, layer_order), fraction, every, end,
-                            grow, config.grow_init, alpha, float(config.grow_epsilon),
-                            int(config.seed))
+  return rigl.drop_and_grow(_structured_counts(config, params, level, layer_order), fraction,
+                            every, end, grow, config.grow_init, alpha,
+                            float(config.grow_epsilon), int(config.seed),
+                            structure=config.structure)
 
 
 def build_rigl(config, params, total_steps, alpha, layer_order=()) -> SparsityMethod:
@@ -181,7 +189,8 @@ METHODS: dict[str, Optional[Builder]] = {
 
 
 DISTRIBUTIONS = ("uniform", "erk")
-STRUCTURED_METHODS = ("oneshot", "gradual")   # the methods sparsity.structure="N:M" applies to
+# the methods sparsity.structure="N:M" applies to
+STRUCTURED_METHODS = ("oneshot", "gradual", "rigl", "set")
 # Where the mask-update window ends when ``end_step`` is 0, as a fraction of training.
 DEFAULT_END_FRACTION = {"oneshot": 0.0, "gradual": 0.5, "topkast": 1.0, "rigl": 0.75, "set": 0.75}
 
