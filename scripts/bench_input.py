@@ -1,11 +1,12 @@
-"""ImageNet train-input throughput: JPEG decode, random-resized crop, flip, normalise, batch.
+"""ImageNet train-input throughput: JPEG decode (draft mode), random-resized crop, flip, batch.
 
   python scripts/bench_input.py [--workers 0] [--batch 64] [--steps 20] [--out bench.json]
 
-Runs the library's own train pipeline (``powerprop_jax.experiment.data.imagenet.train_batches``, the
-same per-example code as on tfds ArrayRecord, fed from an in-memory record source) over 64
-random-content JPEGs of ImageNet sizes (500x375, 500x333, 375x500, ...; quality 90: random
-colour fields at three scales plus noise, ~105 KB each, near ImageNet's ~110 KB mean).
+Runs the library's own train pipeline (``experiment.data.imagenet.train_batches``, the same
+per-example code as on tfds ArrayRecord, fed from an in-memory record source; uint8 out, the
+training loop normalises on the device) over 64 random-content JPEGs of ImageNet sizes
+(500x375, 500x333, 375x500, ...; quality 90: random colour fields at three scales plus noise,
+~105 KB each, near ImageNet's ~110 KB mean). Goal: >= 500 images/s per core at 224 px.
 
 Reported: images/s per CPU core (one in-process thread, ``data.workers=0``,
 ``data.prefetch=0``: images / CPU seconds), and, with ``--workers W``, wall-clock images/s of
@@ -114,7 +115,7 @@ def main() -> None:
                   images_per_s_per_worker=many["images"] / many["wall_s"] / args.workers)
 
   print(f"{len(jpegs)} JPEGs, mean {result['mean_jpeg_kb']:.0f} KB, -> {args.image_size}px "
-        f"float32 batches of {args.batch}")
+        f"uint8 batches of {args.batch}")
   print(f"train pipeline: {per_core:.0f} images/s per CPU core "
         f"({result['images_per_s_one_thread_wall']:.0f} images/s wall, one thread)")
   if args.workers:
