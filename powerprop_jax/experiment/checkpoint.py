@@ -32,6 +32,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from powerprop_jax import checks
+from powerprop_jax.experiment import files
 
 CHECKSUM_FILE = "powerprop_sha256.json"
 DAMAGED_DIR = "checkpoints_damaged"
@@ -58,10 +59,10 @@ class Checkpointer:
     if max_to_keep < 2:
       raise ValueError(f"Checkpointer max_to_keep={max_to_keep}: keep at least 2 so a damaged "
                        "latest checkpoint has an intact one to fall back to")
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = os.path.abspath(workdir) if files.is_local(workdir) else workdir
     self.directory = os.path.join(self.workdir, "checkpoints")
     for path in (self.workdir, self.directory):
-      if os.path.exists(path) and not os.path.isdir(path):
+      if files.exists(path) and not files.isdir(path):
         raise CheckpointError(f"{path} is a file, not a directory; move it away or use "
                               "another --workdir")
     # The handler is named so that item_metadata() can read saved shapes and dtypes (without
@@ -135,8 +136,8 @@ class Checkpointer:
                    ) -> tuple[Any, Optional[str], bool]:
     """``(state, None, False)``, or ``(None, why, stray)`` where ``stray``: not a checkpoint."""
     path = self.step_dir(step)
-    if not os.path.isdir(path) or not any(
-        os.path.exists(os.path.join(path, f)) for f in (_ORBAX_METADATA, CHECKSUM_FILE)):
+    if not files.isdir(path) or not any(
+        files.exists(os.path.join(path, f)) for f in (_ORBAX_METADATA, CHECKSUM_FILE)):
       return None, f"not an orbax checkpoint (no {_ORBAX_METADATA})", True
     why = verify_checksums(path)
     if why is not None:
@@ -156,13 +157,13 @@ class Checkpointer:
       return
     dest_dir = os.path.join(self.workdir, DAMAGED_DIR)
     if jax.process_index() == 0:
-      os.makedirs(dest_dir, exist_ok=True)
+      files.makedirs(dest_dir)
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
       for step in steps:
         dest = os.path.join(dest_dir, str(step))
-        if os.path.exists(dest):
+        if files.exists(dest):
           dest = f"{dest}-{stamp}"
-        os.rename(self.step_dir(step), dest)
+        files.path(self.step_dir(step)).rename(dest)
       log(f"moved unusable checkpoint steps {steps} to {dest_dir} for inspection")
     _barrier("powerprop_checkpoint_moved_aside")
     self._manager.reload()
@@ -192,37 +193,32 @@ def _first_line(e: BaseException) -> str:
 def _hash_files(step_dir: str) -> dict[str, str]:
   """``{relative path: sha256}`` of every file under ``step_dir`` except the checksum file."""
   digests = {}
-  for root, dirs, files in os.walk(step_dir):
+  root = files.path(step_dir)
+  for directory, dirs, names in root.walk():
     dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      rel = os.path.relpath(full, step_dir).replace(os.sep, "/")
-      if rel == CHECKSUM_FILE or rel.startswith(CHECKSUM_FILE + ".tmp"):
+    for name in sorted(names):
+      full = directory / name
+      rel = os.fspath(full.relative_to(root)).replace(os.sep, "/")
+      if rel == CHECKSUM_FILE or rel.startswith(("." + CHECKSUM_FILE, CHECKSUM_FILE + ".tmp")):
         continue
-      with open(full, "rb") as f:
+      with full.open("rb") as f:
         digests[rel] = hashlib.file_digest(f, "sha256").hexdigest()
   return digests
 
 
 def write_checksums(step_dir: str) -> None:
   """Writes ``step_dir/powerprop_sha256.json`` (atomically)."""
-  path = os.path.join(step_dir, CHECKSUM_FILE)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump({"sha256": _hash_files(step_dir)}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  files.atomic_write(os.path.join(step_dir, CHECKSUM_FILE),
+                     json.dumps({"sha256": _hash_files(step_dir)}, indent=1, sort_keys=True))
 
 
 def verify_checksums(step_dir: str) -> Optional[str]:
   """None if every file of ``step_dir`` matches its recorded sha256, else what is wrong."""
   path = os.path.join(step_dir, CHECKSUM_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return f"no {CHECKSUM_FILE} (its save did not finish, or predates checksums)"
   try:
-    with open(path) as f:
-      expected = dict(json.load(f)["sha256"])
+    expected = dict(json.loads(files.read_text(path))["sha256"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f"unreadable {CHECKSUM_FILE} ({type(e).__name__})"
   actual = _hash_files(step_dir)

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from powerprop_jax import checks
 from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import files
 from powerprop_jax.experiment import workdir as workdir_lib
 
 # Flags this module defines for a script belong to that script: its --help lists them.
@@ -40,6 +41,9 @@ def run(main: Callable[[], None]) -> None:
   traceback."""
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
+    workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+    if workdir:   # an unreachable gs:// workdir: one line now, not a traceback later
+      files.check_reachable(workdir)
     main()
   except checks.UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,10 +1,13 @@
 """The path layer every file a run writes goes through, and its one atomic write.
 
 Paths are ``etils.epath`` paths, so a workdir may be local or on an object store
-(``gs://...``) that epath's backends reach. :func:`atomic_write` never leaves a torn file: it
-writes a temporary sibling (flushed and fsynced where the file system has an fsync) and
-renames it over the target, so a reader sees the old content or the new, never a mix, and a
-kill at any moment leaves the previous good file.
+(``gs://...``, ``s3://...``) that epath's backends reach (gcsfs / s3fs, or TensorFlow's
+gfile). :func:`atomic_write` never leaves a torn file: it writes a temporary sibling (flushed
+and fsynced where the file system has an fsync) and renames it over the target, so a reader
+sees the old content or the new, never a mix, and a kill at any moment leaves the previous
+good file. :func:`check_reachable` runs first on every workdir: a remote path that cannot be
+reached fails in one line and nothing local is created in its place (``os`` functions would
+make ``./gs:/bucket/...``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import uuid
 from typing import Any, Union
 
 from etils import epath
+
+from powerprop_jax import checks
 
 PathLike = Union[str, os.PathLike, epath.Path]
 
@@ -27,6 +32,57 @@ def path(p: PathLike) -> epath.Path:
 def is_local(p: PathLike) -> bool:
   """Whether ``p`` is on the local file system (no ``scheme://``)."""
   return "://" not in os.fspath(p)
+
+
+class StorageError(checks.UserError):
+  """A workdir that cannot be reached or written (one line naming it and the cause)."""
+
+
+def join(p: PathLike, *parts: str) -> str:
+  """``p/part/...`` as a string that keeps a ``scheme://`` prefix intact."""
+  return os.fspath(path(p).joinpath(*parts))
+
+
+def exists(p: PathLike) -> bool:
+  return path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+  return path(p).is_dir()
+
+
+def listdir(p: PathLike) -> list[str]:
+  """Names in directory ``p`` ([] if it does not exist)."""
+  d = path(p)
+  return sorted(c.name for c in d.iterdir()) if d.is_dir() else []
+
+
+def makedirs(p: PathLike) -> None:
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(p: PathLike) -> str:
+  return path(p).read_text()
+
+
+def check_reachable(p: PathLike) -> None:
+  """Raises :class:`StorageError` unless directory ``p`` exists or can be made, and takes a
+  small write; a local path is left to the code that writes it (nothing is probed)."""
+  if is_local(p):
+    if os.path.exists(p) and not os.path.isdir(p):
+      raise StorageError(f"workdir {os.fspath(p)} is a file, not a directory; use another")
+    return
+  probe = path(p) / f".reachable.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+  try:
+    makedirs(p)
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  (any backend's error, one line)
+    cause = str(e).splitlines()[0] if str(e) else ""
+    raise StorageError(f"workdir {os.fspath(p)} cannot be reached or written "
+                       f"({type(e).__name__}: {cause}); check the path, the credentials and "
+                       "that the storage backend is installed (gs://: pip install gcsfs; "
+                       "s3://: pip install s3fs)") from None
 
 
 def atomic_write(p: PathLike, data: Union[str, bytes]) -> None:
@@ -44,7 +100,7 @@ def atomic_write(p: PathLike, data: Union[str, bytes]) -> None:
       os.replace(os.fspath(tmp), os.fspath(target))
     else:
       tmp.write_bytes(payload)
-      tmp.rename(target)
+      tmp.replace(target)
   except BaseException:
     if tmp.exists():
       tmp.unlink()

@@ -4,6 +4,11 @@ Each record is a dict with an integer ``"step"`` and scalar metrics (``train_los
 ``validation_accuracy``, ``learning_rate``, ``sparsity``, ``images_per_s``, ...). A run resumed
 from step k first drops the records after k (they are recomputed), so a reader sees each step
 once; TensorBoard hides the old events after k through tensorboardX's ``purge_step``.
+
+A workdir on an object store (``gs://``) is written through ``files``: the log is rewritten
+whole (atomically) at each record, as object stores cannot append, and the TensorBoard events
+are written to a local temporary folder and copied to ``workdir/tensorboard`` at each flush
+and at close.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import json
 import math
 import numbers
 import os
+import shutil
+import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from tensorboardX import SummaryWriter
@@ -31,14 +38,13 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   are skipped.
   """
   by_step: dict[int, dict[str, Any]] = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict) and isinstance(record.get("step"), numbers.Real):
-        by_step[int(record["step"])] = record
+  for line in files.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and isinstance(record.get("step"), numbers.Real):
+      by_step[int(record["step"])] = record
   return [by_step[s] for s in sorted(by_step)]
 
 
@@ -64,19 +70,30 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, is_writer: bool = True, start_step: int = 0):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self._workdir = workdir
     self._file = None
+    self._lines: Optional[list[str]] = None   # the whole log, for an object store
     self._tb = None
+    self._tb_local: Optional[str] = None       # local event folder mirrored to the workdir
     self._closed = False
     if not is_writer:
       return
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(self.path):
-      _truncate(self.path, int(start_step))
-    self._file = open(self.path, "a")
+    files.makedirs(workdir)
+    kept = ([json.dumps(r) + "\n" for r in read_metrics(self.path) if r["step"] <= start_step]
+            if files.exists(self.path) else [])
+    tb_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    if files.is_local(workdir):
+      if files.exists(self.path) and files.read_text(self.path) != "".join(kept):
+        files.atomic_write(self.path, "".join(kept))
+      self._file = open(self.path, "a")
+    else:
+      self._lines = kept
+      files.atomic_write(self.path, "".join(kept))
+      self._tb_local = tempfile.mkdtemp(prefix="powerprop-tb-")
+      tb_dir = self._tb_local
     # purge_step hides older events after start_step (e.g. from the run being resumed); the
     # suffix keeps this writer from overwriting one started in the same second.
-    self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                             purge_step=int(start_step) + 1,
+    self._tb = SummaryWriter(tb_dir, purge_step=int(start_step) + 1,
                              filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def write(self, record: dict[str, Any]) -> None:
@@ -85,44 +102,53 @@ class MetricsWriter:
       raise ValueError(f"metrics record {sorted(record)} has no 'step'; add the global step")
     if self._closed:
       raise ValueError(f"MetricsWriter for {self.path} is closed; write before close()")
-    if self._file is None:
+    if self._tb is None:
       return
     step = int(record["step"])
     clean = {k: _scalar(k, v) for k, v in record.items()}
     clean["step"] = step
-    self._file.write(json.dumps(clean) + "\n")
-    self._file.flush()
+    line = json.dumps(clean) + "\n"
+    if self._lines is None:
+      self._file.write(line)
+      self._file.flush()
+    else:
+      self._lines.append(line)
+      files.atomic_write(self.path, "".join(self._lines))
     for key, value in clean.items():
       if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self._tb.add_scalar(key, value, global_step=step)
 
   def flush(self) -> None:
-    if self._file is not None:
-      self._file.flush()
+    if self._tb is not None:
+      if self._file is not None:
+        self._file.flush()
       self._tb.flush()
+      self._mirror_tensorboard()
 
   def close(self) -> None:
     self._closed = True
-    if self._file is not None:
-      self._file.close()
+    if self._tb is not None:
+      if self._file is not None:
+        self._file.close()
       self._tb.close()
-      self._file = self._tb = None
+      self._mirror_tensorboard()
+      if self._tb_local is not None:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._file = self._tb = self._tb_local = None
+
+  def _mirror_tensorboard(self) -> None:
+    """Copies the local event files to ``workdir/tensorboard`` (object-store workdirs)."""
+    if self._tb_local is None:
+      return
+    for name in sorted(os.listdir(self._tb_local)):
+      with open(os.path.join(self._tb_local, name), "rb") as f:
+        files.atomic_write(os.path.join(self._workdir, TENSORBOARD_DIR, name), f.read())
 
   def __enter__(self) -> "MetricsWriter":
     return self
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
-
-
-def _truncate(path: str, start_step: int) -> None:
-  """Rewrites ``path`` (atomically) to one record per step <= ``start_step``."""
-  kept = [r for r in read_metrics(path) if r["step"] <= start_step]
-  lines = [json.dumps(r) + "\n" for r in kept]
-  with open(path) as f:
-    if f.readlines() == lines:
-      return
-  files.atomic_write(path, "".join(lines))
 
 
 def format_duration(seconds: float) -> str:

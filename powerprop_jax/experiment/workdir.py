@@ -136,11 +136,10 @@ def recorded_fields(workdir: str) -> Optional[dict[str, Any]]:
   """
   for name, key in ((RUN_CONFIG_FILE, "fields"), (LEGACY_CONFIG_FILE, None)):
     path = os.path.join(workdir, name)
-    if not os.path.exists(path):
+    if not files.exists(path):
       continue
     try:
-      with open(path) as f:
-        content = json.load(f)
+      content = json.loads(files.read_text(path))
       return dict(content[key]) if key else run_fields(content)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
       raise WorkdirError(f"{path} is unreadable ({type(e).__name__}: {e}); fix or delete it, "
@@ -181,8 +180,7 @@ def check_same_run(workdir: str, config_dict: Mapping[str, Any], allow_extend: b
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  return any(n.isdigit() for n in files.listdir(os.path.join(workdir, "checkpoints")))
 
 
 def record_run(workdir: str, config_dict: Mapping[str, Any], is_writer: bool = True) -> None:
@@ -217,7 +215,7 @@ def metrics_records(workdir: str) -> list[dict[str, Any]]:
   """The run's metrics records, one per step (a torn last line skipped); [] if none."""
   from powerprop_jax.experiment import metrics  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, metrics.METRICS_FILE)
-  return metrics.read_metrics(path) if os.path.exists(path) else []
+  return metrics.read_metrics(path) if files.exists(path) else []
 
 
 def final_record(workdir: str, steps: int) -> Optional[dict[str, Any]]:
@@ -267,7 +265,7 @@ def status(workdir: str, config_dict: Mapping[str, Any], steps_field: str = "tra
   """What ``workdir`` holds for ``config_dict``: ABSENT (nothing recorded), OTHER_CONFIG (a run
   with other defining fields), DIVERGED, UNFINISHED (no record of the last step, the value of
   ``steps_field``) or FINISHED (with its final metrics record)."""
-  if not os.path.isdir(workdir):
+  if not files.isdir(workdir):
     return RunStatus(ABSENT, None, f"{workdir} does not exist")
   try:
     old = recorded_fields(workdir)
@@ -277,7 +275,7 @@ def status(workdir: str, config_dict: Mapping[str, Any], steps_field: str = "tra
   last = records[-1] if records else None
   if old is None:
     from powerprop_jax.experiment import metrics  # pylint: disable=g-import-not-at-top
-    if not os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)):
+    if not files.exists(os.path.join(workdir, metrics.METRICS_FILE)):
       return RunStatus(ABSENT, None, f"{workdir} records no run")
     if last is None:
       return RunStatus(UNFINISHED, None, f"{workdir}: no complete metrics record")
@@ -300,24 +298,36 @@ def status(workdir: str, config_dict: Mapping[str, Any], steps_field: str = "tra
 class WorkdirLock:
   """Exclusive use of a workdir: ``with WorkdirLock(workdir): train(...)``.
 
-  An ``fcntl.flock`` on ``workdir/.lock`` (released by the OS when the process ends, crash
-  included) that records the holder's host, pid and start time for the error a second
-  process gets. Only the writer (process 0 of a multi-host run) takes it.
+  Local workdir: an ``fcntl.flock`` on ``workdir/.lock`` (released by the OS when the process
+  ends, crash included) that records the holder's host, pid and start time for the error a
+  second process gets. Object store (``gs://``...): no lock primitive exists there, so the
+  lock degrades to a record file created if absent and deleted on release: a second run is
+  refused while it exists, but a run that crashed leaves it behind (the error says to delete
+  it once no run uses the workdir), and two runs starting in the same instant can both pass.
+  Only the writer (process 0 of a multi-host run) takes it. The workdir is checked to be
+  reachable first (``files.check_reachable``).
   """
 
-  def __init__(self, workdir: str, is_writer: bool = True):
+  def __init__(self, workdir: str, is_writer: bool = True,
+               log: Optional[Callable[[str], None]] = None):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
     self._is_writer = is_writer
+    self._log = log
     self._fd: Optional[int] = None
+    self._record = False
 
   def acquire(self) -> None:
     """Takes the lock or raises WorkdirError naming its holder."""
-    if not self._is_writer or self._fd is not None:
+    if not self._is_writer or self._fd is not None or self._record:
       return
-    if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
-      raise WorkdirError(f"workdir {self.workdir} is a file, not a directory; "
-                         "use another --workdir")
+    try:
+      files.check_reachable(self.workdir)
+    except files.StorageError as e:
+      raise WorkdirError(str(e)) from None
+    if not files.is_local(self.workdir):
+      self._acquire_record()
+      return
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -327,15 +337,28 @@ class WorkdirLock:
       raise WorkdirError(
           f"{self.workdir} is in use by another run ({_holder(self.path)}; lock {self.path}); "
           "wait for it to end or stop it, or use another --workdir") from None
-    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since})
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (info + "\n").encode(), 0)
+    os.pwrite(fd, (_holder_info() + "\n").encode(), 0)
     os.fsync(fd)
     self._fd = fd
 
+  def _acquire_record(self) -> None:
+    if files.exists(self.path) and files.read_text(self.path).strip():
+      raise WorkdirError(
+          f"{self.workdir} is in use by another run ({_holder(self.path)}; lock record "
+          f"{self.path}); object stores have no real lock, so a run that crashed leaves this "
+          "record behind: delete it once no run uses the workdir, or use another --workdir")
+    files.atomic_write(self.path, _holder_info() + "\n")
+    self._record = True
+    if self._log is not None:
+      self._log(f"{self.workdir}: object store, so the workdir lock is a record file "
+                f"({self.path}), not an OS lock")
+
   def release(self) -> None:
     """Releases the lock (idempotent)."""
+    if self._record:
+      files.path(self.path).unlink(missing_ok=True)
+      self._record = False
     if self._fd is None:
       return
     os.ftruncate(self._fd, 0)
@@ -351,10 +374,14 @@ class WorkdirLock:
     self.release()
 
 
+def _holder_info() -> str:
+  since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since})
+
+
 def _holder(path: str) -> str:
   try:
-    with open(path) as f:
-      info = json.loads(f.read())
+    info = json.loads(files.read_text(path))
     return f"host {info['host']}, pid {info['pid']}, since {info['since']}"
   except (OSError, ValueError, KeyError, TypeError):
     return "holder unknown"
