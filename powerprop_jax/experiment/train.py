@@ -318,7 +318,8 @@ def make_eval_fn(model: Any, reparam: Reparam, batch_size: int = 10_000,
   ``batch_size`` examples padded up to a multiple of the mesh's device count
   (:func:`parallel.padded_batch`), so any batch size runs on any slice; padding is masked
   out, so the accuracy is exact over the whole split. ``params`` are stored params;
-  ``masks`` (optional) multiply the effective weights.
+  ``masks`` (optional) multiply the effective weights. Batches are read and put on the
+  devices ahead (``parallel.prefetch``); the counts are read back once, at the end.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
 
@@ -338,10 +339,12 @@ def make_eval_fn(model: Any, reparam: Reparam, batch_size: int = 10_000,
       data = data_base.padded_batches(data, size, jax.process_index(), jax.process_count())
     elif callable(data):
       data = data(parallel.padded_batch(batch_size, mesh.size))
-    hits = total = 0
-    for local in data:
-      h, n = correct(params, net_state, masks, parallel.global_batch(local, mesh))
-      hits, total = hits + int(h), total + int(n)
+    counts = []
+    for batch, _ in parallel.prefetch(parallel.global_batch(local, mesh) for local in data):
+      counts.append(correct(params, net_state, masks, batch))
+      if len(counts) > 2:   # at most 2 batches queued on the devices
+        jax.block_until_ready(counts[-3])
+    hits, total = (sum(int(c[i]) for c in jax.device_get(counts)) for i in (0, 1))
     if total == 0:
       raise ValueError("evaluation split is empty")
     return hits / total
