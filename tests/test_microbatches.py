@@ -2,12 +2,11 @@
 for a network without batch norm, RigL's mask updates included."""
 
 import chex
-import jax
 import pytest
 
+from powerprop_jax.checks import ConfigError
 from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.experiment import data, train
-from powerprop_jax.checks import ConfigError
 
 
 def _config(microbatches: int):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from powerprop_jax.checks import ConfigError
-from powerprop_jax.experiment import train
+from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import data, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 400
@@ -70,7 +71,6 @@ def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path):
 
 
 def test_profile_traces_the_given_steps(tmp_path):
-  from powerprop_jax.experiment import config as config_lib, data  # pylint: disable=g-import-not-at-top
   c = config_lib.base()
   c.train.update({"steps": 6, "batch_size": 20, "chunk_steps": 1, "log_every": 0,
                   "eval_every": 0, "checkpoint_every": 0, "profile": "2:4"})

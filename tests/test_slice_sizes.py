@@ -14,7 +14,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = r'''
 import json, sys
 import jax
-import numpy as np
 from powerprop_jax.experiment import config as config_lib, parallel, train
 from powerprop_jax.experiment.data import base, synthetic
 workdir = sys.argv[1]
