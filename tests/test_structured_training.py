@@ -154,6 +154,22 @@ def test_rigl_update_matches_the_per_group_rule(structure, fraction, alpha):
   assert (fallback > 0) == (structure == "3:4")
 
 
+def test_set_grows_at_random_not_by_gradient():
+  """SET with the gradient RigL would follow: its growth differs from RigL's, stays N:M."""
+  params = _params(1)
+  method = pp.sparsity.set_method(_counts(params, 0.5), 0.5, 1, 1000, structure="2:4")
+  start = method.init(params)
+  g = jax.tree_util.tree_map(
+      lambda x: jnp.asarray(np.random.default_rng(3).normal(size=x.shape), jnp.float32), params)
+  out = method.update(start.params, g, start.masks, start.grad_masks, start.state, jnp.int32(1))
+  structured.check_nm(out.masks, 2, 4)
+  f_t = schedules.cosine_drop_fraction(1, 0.5, 1000)
+  for layer in params:
+    _, by_gradient = _reference_drop_grow(start.params[layer]["w"], np.abs(g[layer]["w"]),
+                                          start.masks[layer]["w"], 2, 4, f_t)
+    assert (np.asarray(out.masks[layer]["w"]) != by_gradient).any(), layer
+
+
 def test_ties_grow_the_lowest_in_group_index():
   """A zero gradient ties every candidate: each group grows its first inactive weights."""
   params = {"l": {"w": jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)}}
