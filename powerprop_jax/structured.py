@@ -51,6 +51,15 @@ def check_groups(shape: tuple[int, ...], m: int, layer: str = "") -> None:
                      "keep the layer dense (e.g. exclude it with the predicate)")
 
 
+def check_nm_layers(params: PyTree, counts: PyTree, m: int) -> None:
+  """ValueError naming the first pruned leaf (a ``counts`` leaf >= 0; -1 = never pruned)
+  whose axis -2 is not divisible by ``m``."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, p), c in zip(flat, jax.tree_util.tree_leaves(counts)):
+    if c >= 0:
+      check_groups(np.shape(p), m, "/".join(transform.leaf_names(path)))
+
+
 def group_view(x: Any, m: int) -> Any:
   """``[..., I, O]`` -> ``[..., I // m, m, O]``: each ``[..., g, :, o]`` is one group."""
   shape = np.shape(x)

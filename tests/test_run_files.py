@@ -147,3 +147,12 @@ def test_workdir_lock_names_its_holder(tmp_path):
     info = json.loads(os.read(fd, 4096))
     os.close(fd)
     assert info["pid"] == os.getpid()
+
+
+def test_a_field_added_since_a_run_was_recorded_counts_at_its_default():
+  old = workdir_lib.run_fields(_config())
+  del old["train.microbatches"]            # a record written before the field existed
+  assert workdir_lib.differences(old, workdir_lib.run_fields(_config())) == []
+  changed = workdir_lib.run_fields(_config(**{"train.microbatches": 4}))
+  assert workdir_lib.differences(old, changed) == ["train.microbatches (absent) -> 4"]
+  assert "train.profile" not in old and "train.compilation_cache" not in old   # cadence only

@@ -64,6 +64,8 @@ IGNORED_PREFIXES: tuple[str, ...] = (
     "train.log_every",          # cadence
     "train.eval_every",         # cadence
     "train.checkpoint_every",   # cadence
+    "train.compilation_cache",  # where compiled programs are cached
+    "train.profile",            # which steps are traced
     "prune",                    # post-training pruning curves
     "sweep",                    # what sweep scripts iterate over
 )
@@ -113,14 +115,21 @@ def _ignored(key: str) -> bool:
   return any(key == p or key.startswith(p + ".") for p in IGNORED_PREFIXES)
 
 
+def _defaults() -> dict[str, Any]:
+  """The base config's run-defining fields (what a field absent from an old record meant)."""
+  from powerprop_jax.experiment import config as config_lib  # pylint: disable=g-import-not-at-top
+  return run_fields(config_lib.base())
+
+
 def differences(old: Mapping[str, Any], new: Mapping[str, Any],
                 allow_extend: bool = False) -> list[str]:
   """``"field old -> new"`` for each defining field that differs (raised steps ok if extending)."""
   diffs = []
+  defaults = _defaults()
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-    if a == b:
-      continue
+    if a == b or (a is _ABSENT and key in defaults and defaults[key] == b):
+      continue   # equal, or a field added since the run was recorded, at its default
     if (key == "train.steps" and allow_extend and isinstance(a, int) and isinstance(b, int)
         and b > a):
       continue

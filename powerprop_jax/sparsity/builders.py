@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import numpy as np
 
 from powerprop_jax import checks
 from powerprop_jax import masks as masks_lib
@@ -88,14 +87,11 @@ def _structured_counts(config, params, level, layer_order=()) -> PyTree:
     dense = distributions.resolve_dense_layers(layers, config.dense_layers, layer_order)
     pruned = distributions.counts_tree(params, {l: int(l not in dense) for l in layers})
     counts = jax.tree_util.tree_map(lambda k, p: k if p > 0 else -1, counts, pruned)
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for (path, p), k in zip(flat, jax.tree_util.tree_leaves(counts)):
-      if k >= 0:
-        try:
-          structured.check_groups(np.shape(p), nm[1], "/".join(transform.leaf_names(path)))
-        except ValueError as e:
-          raise checks.ConfigError(f"sparsity.structure={config.structure}: {e}, or list "
-                                   f"its module in sparsity.dense_layers") from None
+    try:
+      structured.check_nm_layers(params, counts, nm[1])
+    except ValueError as e:
+      raise checks.ConfigError(f"sparsity.structure={config.structure}: {e}, or list "
+                               f"its module in sparsity.dense_layers") from None
   return counts
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from powerprop_jax import masks as masks_lib
 from powerprop_jax import structured
@@ -33,14 +32,6 @@ PyTree = Any
 
 def _all_true(params: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda p: jnp.ones(jnp.shape(p), bool), params)
-
-
-def _check_nm_layers(params: PyTree, counts: PyTree, m: int) -> None:
-  """ValueError naming the first pruned layer whose axis -2 is not divisible by ``m``."""
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, p), c in zip(flat, jax.tree_util.tree_leaves(counts)):
-    if c >= 0:
-      structured.check_groups(np.shape(p), m, "/".join(transform.leaf_names(path)))
 
 
 def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every: int,
@@ -86,7 +77,7 @@ def gradual_pruning(counts: PyTree, begin_step: int, end_step: int, update_every
 
   def init(params):
     if nm is not None:
-      _check_nm_layers(params, counts, nm[1])
+      structured.check_nm_layers(params, counts, nm[1])
     masks = _all_true(params)
     if begin_step == 0:
       masks = prune(params, masks, 0)

@@ -94,14 +94,6 @@ def nm_regrow(keep: jax.Array, before: jax.Array, score: jax.Array, n: int, m: i
   return ((rank < lost) & ~keep_g).reshape(jnp.shape(keep))
 
 
-def _check_nm_layers(params: PyTree, counts: PyTree, m: int) -> None:
-  """ValueError naming the first pruned leaf whose axis -2 is not divisible by ``m``."""
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, p), c in zip(flat, jax.tree_util.tree_leaves(counts)):
-    if c >= 0:
-      structured.check_groups(jnp.shape(p), m, "/".join(transform.leaf_names(path)))
-
-
 def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_step: int,
                   grow: str = "gradient", grow_init: str = "auto", alpha: float = 1.0,
                   epsilon: float = 1e-3, seed: int = 0, structure: str = "") -> SparsityMethod:
@@ -139,7 +131,7 @@ def drop_and_grow(counts: PyTree, drop_fraction: float, update_every: int, end_s
 
   def init(params):
     if nm is not None:
-      _check_nm_layers(params, counts, nm[1])
+      structured.check_nm_layers(params, counts, nm[1])
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
     masks = random_masks(params, sub)
