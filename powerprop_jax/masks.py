@@ -248,6 +248,14 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
+def layer_densities(masks: PyTree, predicate: ParamPredicate = weights_only
+                    ) -> dict[str, float]:
+  """``{"module/name": fraction of the leaf's entries kept}`` for each selected leaf of
+  ``masks`` (host-side summary, as jaxpruner's ``summarize_sparsity`` gives per layer)."""
+  return {f"{module}/{name}": float(np.count_nonzero(np.asarray(m))) / max(int(np.size(m)), 1)
+          for module, name, m in transform.selected_leaves(masks, predicate)}
+
+
 def sparsity_of(masks: PyTree, predicate: ParamPredicate = weights_only) -> float:
   """Fraction of zeros among the selected entries of ``masks`` (host-side summary)."""
   total = zeros = 0

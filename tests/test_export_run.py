@@ -63,6 +63,19 @@ def test_load_run_gives_the_reported_accuracy_with_powerprop_baked_in(rigl_run, 
   assert _accuracy(run.apply, twice, mnist["test"]) != reported["test_accuracy"]
 
 
+def test_each_sparse_layer_density_is_logged(rigl_run):
+  """metrics.jsonl carries density/<layer> for every sparse layer; weighted by the layers'
+  sizes they give the run's overall sparsity, and ERK gives the small output layer more."""
+  final = json.loads(open(os.path.join(rigl_run, "metrics.jsonl")).readlines()[-1])
+  density = {k[len("density/"):]: v for k, v in final.items() if k.startswith("density/")}
+  sizes = {"mlp/~/linear_0/w": 784 * 300, "mlp/~/linear_1/w": 300 * 100,
+           "mlp/~/linear_2/w": 100 * 10}
+  assert set(density) == set(sizes)
+  kept = sum(density[k] * n for k, n in sizes.items()) / sum(sizes.values())
+  assert kept == pytest.approx(1 - final["sparsity"], abs=1e-6)
+  assert density["mlp/~/linear_2/w"] > density["mlp/~/linear_0/w"]
+
+
 def test_export_script_writes_a_file_that_loads_back_exactly(rigl_run, tmp_path):
   out = tmp_path / "rigl.ppjx"
   proc = subprocess.run([sys.executable, "scripts/export.py", f"--workdir={rigl_run}",

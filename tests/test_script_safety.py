@@ -89,6 +89,20 @@ def _tiny_config(alpha):
   return c
 
 
+def test_a_workdir_resumed_on_other_data_is_refused(tmp_path):
+  """data.dir is not part of a run (the same data may move), but what it holds is: the run
+  records a fingerprint of its data and a resume on other content is refused."""
+  train.train_and_evaluate(_tiny_config(1.0), str(tmp_path), data.prototype_digits(200, 50),
+                           log=lambda m: None)
+  longer = _tiny_config(1.0)
+  longer.train.steps = 30
+  with pytest.raises(workdir_lib.WorkdirError, match="data.fingerprint"):
+    train.train_and_evaluate(longer, str(tmp_path), data.prototype_digits(200, 50, seed=1),
+                             log=lambda m: None, allow_extend=True)
+  train.train_and_evaluate(longer, str(tmp_path), data.prototype_digits(200, 50),
+                           log=lambda m: None, allow_extend=True)   # the same data: resumes
+
+
 def test_a_deleted_run_record_never_lets_a_checkpoint_resume_under_another_config(tmp_path):
   datasets = data.prototype_digits(200, 50)
   train.train_and_evaluate(_tiny_config(1.0), str(tmp_path), datasets, log=lambda m: None)

@@ -57,6 +57,10 @@ Log = Callable[[str], None]
 StepFn = Callable[["TrainState", Batch], tuple["TrainState", dict[str, jax.Array]]]
 
 
+# metrics.jsonl / TensorBoard key prefix of each sparse layer's density (fraction kept).
+DENSITY_PREFIX = "density/"
+
+
 class TrainState(NamedTuple):
   step: jax.Array          # () int32
   params: PyTree           # stored params (v where reparameterised)
@@ -434,8 +438,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log = log if is_writer else (lambda msg: None)
   mesh = parallel.make_mesh(int(train_cfg.num_devices))
   check_batch_split(batch, mesh.size, int(train_cfg.microbatches))
+  # The run's record: its config and a fingerprint of its data (another data.dir with other
+  # content is another run, though data.dir itself is not).
+  record = {**config.to_dict(), "data": {**config.data.to_dict(),
+                                         "fingerprint": splits.fingerprint()}}
   with workdir_lib.WorkdirLock(workdir, is_writer=is_writer):
-    workdir_lib.check_same_run(workdir, config.to_dict(), allow_extend=allow_extend,
+    workdir_lib.check_same_run(workdir, record, allow_extend=allow_extend,
                                override=allow_changed_config, log=log)
     use_compilation_cache(str(train_cfg.compilation_cache))
     exp = build_experiment(config, splits.sample_input)
@@ -445,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = exp.init_state
     else:
       log(f"resumed from step {restored} in {workdir}")
-    workdir_lib.record_run(workdir, config.to_dict(), is_writer=is_writer)
+    workdir_lib.record_run(workdir, record, is_writer=is_writer)
     state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
     ckpt.close()
   return state, exp
@@ -552,9 +560,13 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
     if s == steps and splits.test is not None:
       record["test_accuracy"] = evaluate(state.params, state.net_state, splits.test, masks)
     if masks is not None:
-      record["sparsity"] = masks_lib.sparsity_of(jax.device_get(masks), exp.reparam.predicate)
+      host_masks = jax.device_get(masks)
+      record["sparsity"] = masks_lib.sparsity_of(host_masks, exp.reparam.predicate)
+      record.update({f"{DENSITY_PREFIX}{layer}": d for layer, d in
+                     masks_lib.layer_densities(host_masks, exp.reparam.predicate).items()})
     if crossed(train_cfg.log_every, s, window.steps) or s == steps:
-      log(metrics_lib.format_progress(s, steps, record, record.get("images_per_s", 0.0),
+      shown = {k: v for k, v in record.items() if not k.startswith(DENSITY_PREFIX)}
+      log(metrics_lib.format_progress(s, steps, shown, record.get("images_per_s", 0.0),
                                       time.time() - t0, start_step=start))
     writer.write(record)
     if save:

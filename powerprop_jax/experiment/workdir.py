@@ -72,6 +72,11 @@ IGNORED_PREFIXES: tuple[str, ...] = (
 
 
 
+# Recorded facts, not config fields: compared only when both records have them (a run
+# recorded before the fingerprint existed, or a status check made without the data).
+COMPARED_IF_BOTH = ("data.fingerprint",)
+
+
 class _Absent:
   """A field one of the two configs lacks (shown as ``(absent)``)."""
 
@@ -130,6 +135,8 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any],
     a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
     if a == b or (a is _ABSENT and key in defaults and defaults[key] == b):
       continue   # equal, or a field added since the run was recorded, at its default
+    if key in COMPARED_IF_BOTH and (a is _ABSENT or b is _ABSENT):
+      continue
     if (key == "train.steps" and allow_extend and isinstance(a, int) and isinstance(b, int)
         and b > a):
       continue

@@ -5,6 +5,7 @@ batches and every host can compute its own slice of a global batch)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
@@ -123,6 +124,19 @@ class DataSplits:
   stream_train: Optional[Callable[[int], Iterator[dict[str, np.ndarray]]]] = None
   sample_input: Optional[np.ndarray] = None
   num_train: int = 0
+
+  def fingerprint(self) -> str:
+    """A short hash of what the data are: every in-memory split's labels and a strided sample
+    of its images (shapes and dtypes included); for streamed data, the training set size."""
+    digest = hashlib.sha256(str(self.num_train).encode())
+    for split in (self.train, self.validation, self.test):
+      if isinstance(split, Dataset):
+        images, labels = np.asarray(split.images), np.asarray(split.labels)
+        stride = max(1, len(images) // 1000)
+        for array in (labels, images[::stride]):
+          digest.update(f"{array.shape}{array.dtype}".encode())
+          digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
   def as_dict(self) -> dict[str, Any]:
     """{"train", "validation", "test"} (in-memory data sets)."""
