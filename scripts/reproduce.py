@@ -47,6 +47,7 @@ from powerprop_jax import checks
 from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.experiment import files, results
 from powerprop_jax.experiment import workdir as workdir_lib
+from powerprop_jax.experiment.data import imagenet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_CONFIG = "configs/imagenet_resnet50.py"
@@ -290,6 +291,11 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
   if args.dry_run or args.launch:
     if not args.data_dir:
       log("# data: tfds's default data_dir; --data_dir=DIR adds --config.data.dir=DIR")
+    workers = int(module.get_config(rows[0]).data.workers)
+    log(f"# input: data.workers={workers} (-1: one decode process per core the run may use, "
+        f"minus 2; {imagenet.resolve_workers(workers)} on this host); global batch "
+        f"{module.get_config(rows[0]).train.batch_size}: add --config.train.microbatches=K if "
+        "it does not fit (scripts/bench_memory.py)")
     if args.launch:
       log("# One line per row. Multi-host: run the same line on every host of the slice or "
           "cluster; --config.train.distributed=True makes each call "

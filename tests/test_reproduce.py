@@ -224,6 +224,8 @@ def test_dry_run_lists_every_row(tmp_path):
   assert rc == 0
   commands = dict(line.split(": ", 1) for line in lines if not line.startswith("#"))
   assert sorted(commands) == sorted(ALL_ROWS)
+  assert any(line.startswith("# input: data.workers=-1 (") and "microbatches" in line
+             for line in lines)
   for row, cmd in commands.items():
     assert cmd == (f"python scripts/train.py --config=configs/imagenet_resnet50.py:{row} "
                    f"--workdir=R/imagenet/{row} --config.data.dir=/data/tfds")
