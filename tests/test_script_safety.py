@@ -113,3 +113,17 @@ def test_a_deleted_run_record_never_lets_a_checkpoint_resume_under_another_confi
   train.train_and_evaluate(_tiny_config(2.0), str(tmp_path), datasets, log=lambda m: None)
   assert workdir_lib.recorded_fields(str(tmp_path))["alpha"] == 2.0
   assert np.isfinite(workdir_lib.metrics_records(str(tmp_path))[-1]["test_accuracy"])
+
+
+def test_layer_fields_are_checked_from_shapes_before_any_data():
+  """dense_layers and per-layer counts need the model's layers, not its data: refused by
+  train.check_config (no data loaded, no workdir taken)."""
+  c = config_lib.load_module(os.path.join(ROOT, "configs", "mnist_sparse.py")).get_config()
+  c.sparsity.update({"method": "rigl", "level": 0.9, "dense_layers": "linear_9"})
+  with pytest.raises(train.checks.ConfigError, match="dense layer 'linear_9' is not a prunable"):
+    train.check_config(c)
+  c.sparsity.update({"dense_layers": "", "structure": "1:8", "level": 0.875})
+  with pytest.raises(train.checks.ConfigError, match=r"linear_1.*\(300, 100\)"):
+    train.check_config(c)
+  c.sparsity.dense_layers = "mlp/~/linear_1,last"
+  train.check_config(c)

@@ -64,7 +64,7 @@ def test_study_sparse_tunes_per_cell_reruns_seeds_and_reuses_finished_runs(tmp_p
 
   stamps = {p: os.path.getmtime(p) for p in tmp_path.glob("*/metrics.jsonl")}
   again = _run("study_sparse.py", "study_sparse.py", tmp_path, *SPARSE)
-  assert again.stdout.count(": done (validation") == 12 + 8  # every tuning and final run
+  assert again.stdout.count("(recorded; not rerun)") == 12 + 8  # every tuning and final run
   assert stamps == {p: os.path.getmtime(p) for p in tmp_path.glob("*/metrics.jsonl")}
   assert first.stdout.count("diverged") >= 4
 
@@ -79,12 +79,11 @@ CONTINUAL = ("--config.continual.num_tasks=2", "--config.continual.steps_per_tas
 def test_study_continual_streams_per_seed_and_reports_mean_and_spread(tmp_path):
   _run("study_continual.py", "study_continual.py", tmp_path, *CONTINUAL)
   for alpha in (1, 2):
-    tune = json.load(open(tmp_path / "tune" / (f"alpha{alpha}_learning_rate10000_num_tasks1_"
-                                               "finetune_steps0_methodpacknet") / "summary.json"))
-    assert "loss became" in tune["diverged"]
-    p = {lr: json.load(open(tmp_path / "tune" / (f"alpha{alpha}_learning_rate{lr}_num_tasks1_"
-                                                 "finetune_steps0_methodpacknet") /
-                            "summary.json"))["dense_val"][0] for lr in ("0.05", "0.1")}
+    cell = f"alpha{alpha}_learning_rate{{}}_num_tasks1_finetune_steps0_methodpacknet"
+    tune = json.load(open(tmp_path / "tune" / cell.format("10000") / "diverged.json"))
+    assert "loss became" in tune["error"]   # recorded, so a rerun does not retry it
+    p = {lr: json.load(open(tmp_path / "tune" / cell.format(lr) / "cell_results.json")
+                       )["rows"][0]["dense_val"][0] for lr in ("0.05", "0.1")}
     assert p["0.1"] > p["0.05"]  # so only the back-off rule can choose 0.05
   streams = json.load(open(tmp_path / "results.json"))
   keys = sorted((s["method"], s["alpha"], s["seed"], s["permutation_seed"]) for s in streams)

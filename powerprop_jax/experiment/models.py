@@ -19,6 +19,7 @@ logits come out float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from typing import Any, Callable, Iterator
 
@@ -184,3 +185,20 @@ def creation_order(model_config: Any, sample_input: Any) -> list[str]:
 
   jax.eval_shape(hk.transform_with_state(traced).init, jax.random.PRNGKey(0), sample_input)
   return order
+
+
+def param_shapes(model_config: Any, input_shape: tuple[int, ...]) -> tuple[Any, tuple[str, ...]]:
+  """(params as ``jax.ShapeDtypeStruct`` leaves, module names in creation order) of the model
+  a ``model`` section builds for inputs of ``input_shape``; traced, never run, and cached per
+  model and shape (every row of an experiment file usually shares one)."""
+  return _param_shapes(tuple(sorted(dict(model_config).items())), tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(model_items: tuple, input_shape: tuple[int, ...]):
+  model_config = dict(model_items)
+  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+  model = model_from_config(model_config)
+  params, _ = jax.eval_shape(lambda k, x: model.init(k, x, is_training=True),
+                             jax.random.PRNGKey(0), x)
+  return params, tuple(creation_order(model_config, x))

@@ -673,6 +673,9 @@ def check_config(config: ml_collections.ConfigDict, num_train: Optional[int] = N
                              f"examples of {config.data.name}; lower train.batch_size")
   optim.check_config(config.optimizer, steps)
   builders.check_config(config.sparsity, steps)
+  if config.sparsity.method != "none":   # dense_layers, per-layer counts: from shapes alone
+    params, order = models.param_shapes(config.model, data.sample_input(config.data).shape)
+    builders.check_layers(config.sparsity, params, order)
 
 
 def check_batch_split(batch_size: int, num_devices: int, microbatches: int = 1) -> None:

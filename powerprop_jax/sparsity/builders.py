@@ -243,6 +243,15 @@ def check_config(config: Any, total_steps: int) -> None:
     raise checks.ConfigError(str(e)) from None
 
 
+def check_layers(config: Any, params: PyTree, layer_order: Sequence[str] = ()) -> None:
+  """Checks what only the model's layers can tell, from their shapes alone (``params`` may be
+  ``jax.ShapeDtypeStruct`` leaves): ``dense_layers`` names real layers, the level leaves every
+  layer a weight, N:M groups fit. Raises :class:`~powerprop_jax.checks.ConfigError`."""
+  if config.method == "none":
+    return
+  _structured_counts(config, params, _level(config, config.method), layer_order)
+
+
 def build_method(config: Any, params: PyTree, total_steps: int,
                  alpha: float, layer_order: Sequence[str] = ()) -> Optional[SparsityMethod]:
   """The method named by ``config.method`` (None for dense training).
