@@ -45,6 +45,7 @@ def _float_dtypes(tree: Any) -> set[str]:
           if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,alpha", [("lenet_300_100", 4.0), ("resnet_tiny", 2.0)])
 def test_bf16_train_step_matches_float32(name, alpha):
   batch = _batch(name)

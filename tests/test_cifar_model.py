@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.experiment import train
@@ -13,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cifar10_oneshot = config_lib.load_module(os.path.join(ROOT, "configs", "cifar10_oneshot.py"))
 
 
+@pytest.mark.slow
 def test_cifar_convnet_trains_with_augment_and_batchnorm_state(tmp_path):
   config = cifar10_oneshot.get_config()
   config.alpha = 2.0

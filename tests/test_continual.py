@@ -248,6 +248,7 @@ def test_script_bad_gamma_is_one_line(tmp_path):
   assert out.stderr.strip().splitlines() == ["error: continual.gamma must be in (0, 1], got 1.5"]
 
 
+@pytest.mark.slow
 def test_script_writes_results(mnist, tmp_path):
   """2 tasks x 100 steps, gamma 0.9, alpha 1 and 3: results.json/csv and the plot are written."""
   import json  # pylint: disable=g-import-not-at-top

@@ -62,6 +62,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
   """3 steps of ResNet-10 + powerprop (alpha 2, Nesterov momentum, crop+flip), global batch
   8: params, batch-norm state and momentum agree across 1 and 4 devices."""

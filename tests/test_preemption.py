@@ -47,6 +47,7 @@ def _finish(proc):
   return out
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path):
   cache = tmp_path / "xla_cache"
   straight = _finish(_start(tmp_path / "a", tmp_path / "a.npz"))

@@ -30,6 +30,7 @@ def _run(*args, timeout=600):
   return out.returncode, out.stdout, out.stderr.strip().splitlines()
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_continual_rerun_with_another_config_is_refused(tmp_path):
   rc, out, err = _run(*CONTINUAL, f"--workdir={tmp_path}", "--config.continual.steps_per_task=20")

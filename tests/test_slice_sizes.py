@@ -38,6 +38,7 @@ print(json.dumps({"devices": jax.device_count(), "record": last,
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [16, 32])
 def test_trains_and_evaluates_on_any_slice(tmp_path, devices):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",

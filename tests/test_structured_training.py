@@ -304,6 +304,7 @@ def _conv_config(method, alpha):
   return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.0, 2.0])
 def test_conv_net_rigl_run_ends_n_of_m(alpha, tmp_path):
   rng = np.random.default_rng(0)
@@ -349,12 +350,12 @@ def test_non_divisible_layer_named_and_accepted_dense(method, digits):
   """A listed dense layer is neither checked nor pruned (oneshot pruned it to N:M before)."""
   config = _lenet_config(method, "2:8", 1.0)
   config.sparsity.begin_step = 0                      # oneshot: prune at init
-  train.check_config(config)                          # only the params can tell
-  with pytest.raises(checks.ConfigError,
-                     match=r"structure=2:8: .*'mlp/~/linear_1/w' has shape \(300, 100\).*"
-                           r"sparsity.dense_layers") as err:
-    train.build_experiment(config, digits["train"].images[:1])
+  match = r"structure=2:8: .*'mlp/~/linear_1/w' has shape \(300, 100\).*sparsity.dense_layers"
+  with pytest.raises(checks.ConfigError, match=match) as err:
+    train.check_config(config)          # from the model's shapes, before any data is read
   assert "\n" not in str(err.value)
+  with pytest.raises(checks.ConfigError, match=match):
+    train.build_experiment(config, digits["train"].images[:1])
   config.sparsity.dense_layers = "mlp/~/linear_1,mlp/~/linear_2"
   exp = train.build_experiment(config, digits["train"].images[:1])
   masks = train.forward_masks(exp.init_state.opt_state)

@@ -132,6 +132,7 @@ class ScriptsTest(chex.TestCase):
     self.assertEqual(out.stderr.strip().splitlines(),
                      ["error: MNIST data dir '/no/such/dir' does not exist"])
 
+  @pytest.mark.slow
   @needs_mnist
   def test_prune_eval_writes_results(self):
     wd = self.create_tempdir().full_path
