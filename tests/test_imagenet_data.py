@@ -352,7 +352,7 @@ def test_distributed_env_detection():
 
 GLOBAL_BATCH_SCRIPT = """
 import numpy as np, jax
-from powerprop_jax.experiment import parallel
+from powerprop_jax.experiment import parallel, train
 mesh = parallel.make_mesh()
 assert mesh.size == 4
 local = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "label": np.arange(8)}
@@ -365,12 +365,12 @@ k = parallel.global_batch({"image": np.arange(3 * 8 * 2).reshape(3, 8, 2)}, mesh
 assert k.shape == (3, 8, 2) and [s.data.shape for s in k.addressable_shards] == [(3, 2, 2)] * 4
 np.testing.assert_array_equal(np.asarray(k), np.arange(3 * 8 * 2).reshape(3, 8, 2))
 try:
-  parallel.check_global_batch(6, mesh)
+  train.check_batch_split(6, mesh.size)
 except ValueError as e:
-  assert "6" in str(e) and "devices 4" in str(e) and "\\n" not in str(e)
+  assert "batch_size=6" in str(e) and "4 devices" in str(e) and "\\n" not in str(e)
 else:
   raise AssertionError("6 over 4 devices accepted")
-parallel.check_global_batch(8, mesh)
+train.check_batch_split(8, mesh.size)
 print("OK")
 """
 

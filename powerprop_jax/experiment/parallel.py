@@ -93,16 +93,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
-def check_global_batch(batch_size: int, mesh: Mesh) -> None:
-  """ValueError unless the global batch splits evenly over all devices of all hosts."""
-  if batch_size < 1 or batch_size % mesh.size:
-    raise ValueError(f"train.batch_size {batch_size} (global) must be positive and divisible by "
-                     f"the number of devices {mesh.size} (of all hosts)")
-
-
-check_batch_size = check_global_batch
-
-
 def padded_batch(batch_size: int, num_devices: int) -> int:
   """The smallest multiple of ``num_devices`` that is >= ``batch_size`` (>= 1).
 
