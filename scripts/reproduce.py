@@ -291,11 +291,12 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
   if args.dry_run or args.launch:
     if not args.data_dir:
       log("# data: tfds's default data_dir; --data_dir=DIR adds --config.data.dir=DIR")
-    workers = int(module.get_config(rows[0]).data.workers)
+    first = expected[rows[0]]
+    workers = int(first.data.workers)
     log(f"# input: data.workers={workers} (-1: one decode process per core the run may use, "
         f"minus 2; {imagenet.resolve_workers(workers)} on this host); global batch "
-        f"{module.get_config(rows[0]).train.batch_size}: add --config.train.microbatches=K if "
-        "it does not fit (scripts/bench_memory.py)")
+        f"{first.train.batch_size}: add --config.train.microbatches=K if it does not fit "
+        "(scripts/bench_memory.py)")
     if args.launch:
       log("# One line per row. Multi-host: run the same line on every host of the slice or "
           "cluster; --config.train.distributed=True makes each call "
