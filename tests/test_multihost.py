@@ -1,9 +1,14 @@
 """Two real JAX processes on localhost (CPU collectives over gloo), each reading only its own
 shard of every global batch, train a small ResNet with Powerpropagation and Top-KAST masks and
-end with the params of one process fed the same global batches; only process 0 writes."""
+end with the params of one process fed the same global batches; only process 0 writes.
+
+Preemption: a real SIGTERM to ONE of the two processes (the one that writes nothing) makes
+both stop after the same step, save one checkpoint there and exit 0; rerunning both resumes
+from it and ends where an uninterrupted run ends."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +18,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-WORKER = r'''
+PREAMBLE = r'''
 import json, os, sys
 import jax
 import numpy as np
@@ -21,6 +26,9 @@ rank, world, port, workdir, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3
 if world > 1:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", world, rank)
+'''
+
+WORKER = PREAMBLE + r'''
 from powerprop_jax.experiment import config as config_lib, train
 from powerprop_jax.experiment.data import Dataset
 c = config_lib.base()
@@ -51,10 +59,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(rank, world, port, workdir, out):
+def _launch(rank, world, port, workdir, out, worker=WORKER):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  return subprocess.Popen([sys.executable, "-c", WORKER, str(rank), str(world), str(port),
-                           workdir, out], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen([sys.executable, "-c", worker, str(rank), str(world), str(port),
+                           str(workdir), str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
 
@@ -85,3 +93,63 @@ def test_two_processes_equal_one(tmp_path):
   events = [f for f in os.listdir(tmp_path / "multi" / "tensorboard") if "tfevents" in f]
   assert len(events) == 1
   assert os.path.isdir(tmp_path / "multi" / "checkpoints" / "4")
+
+
+STEPS = 300
+
+PREEMPTED_WORKER = PREAMBLE + r'''
+from powerprop_jax.experiment import config as config_lib, data, train
+c = config_lib.base()
+c.alpha = 2.0
+c.train.update({"steps": %d, "batch_size": 20, "chunk_steps": 1, "log_every": 10,
+                "eval_every": 0, "checkpoint_every": 0})
+c.optimizer.update({"momentum": 0.9, "learning_rate": 0.05})
+c.sparsity.update({"method": "topkast", "level": 0.8, "update_every": 10})
+state, _ = train.train_and_evaluate(c, workdir, data.prototype_digits(200, 50, seed=0, dim=32),
+                                    log=lambda msg: print(msg, flush=True))
+leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
+np.savez(out, step=np.asarray(jax.device_get(state.step)), *leaves)
+''' % STEPS
+
+
+def _finish(proc, head=""):
+  out, _ = proc.communicate(timeout=600)
+  out = head + out
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def _pair(workdir, tag):
+  port = _free_port()
+  return [_launch(r, 2, port, workdir, workdir.parent / f"{tag}{r}.npz", PREEMPTED_WORKER)
+          for r in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_every_host_at_one_step(tmp_path):
+  workdir = tmp_path / "multi"
+  single = _launch(0, 1, 0, tmp_path / "single", tmp_path / "single.npz", PREEMPTED_WORKER)
+  procs = _pair(workdir, "stopped")
+  head = ""
+  for line in procs[0].stdout:   # process 0 logs: training is under way on both
+    head += line
+    if line.startswith("step 20/"):
+      procs[1].send_signal(signal.SIGTERM)   # only the host that writes nothing is told
+      break
+  outs = [_finish(procs[0], head), _finish(procs[1])]
+  stopped = [int(np.load(tmp_path / f"stopped{r}.npz")["step"]) for r in range(2)]
+  assert stopped[0] == stopped[1] and 20 <= stopped[0] < STEPS, (stopped, outs[0][-2000:])
+  assert f"preempted: stopped at step {stopped[0]} of {STEPS}" in outs[0]
+  assert sorted(os.listdir(workdir / "checkpoints")) == [str(stopped[0])]
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert records[-1]["step"] == stopped[0]   # the stop's record, written after its checkpoint
+
+  resumed = [_finish(p) for p in _pair(workdir, "resumed")]
+  assert f"resumed from step {stopped[0]}" in resumed[0], resumed[0][-2000:]
+  _finish(single)
+  ref = np.load(tmp_path / "single.npz")
+  for r in range(2):
+    got = np.load(tmp_path / f"resumed{r}.npz")
+    assert int(got["step"]) == STEPS and len(got.files) == len(ref.files)
+    for k in ref.files:   # two hosts all-reduce in another order than one device sums
+      np.testing.assert_allclose(got[k], ref[k], rtol=2e-3, atol=2e-4)

@@ -5,6 +5,14 @@ save, process 0 writes ``<step>/powerprop_sha256.json``: the sha256 of every fil
 It sits inside the step folder, so orbax's step discovery never takes it for a step and its
 ``max_to_keep`` retention deletes it with the step.
 
+Saves are asynchronous: ``save`` returns once orbax has copied the arrays off the devices;
+the files are written, committed (orbax's temporary folder renamed) and checksummed by a
+background thread while training goes on. A kill at any moment is safe: a step is trusted only
+once its checksum file exists (written atomically, after the commit), and a save first waits
+until the previous step is committed and checksummed, so that step (never older) is intact
+whatever happens to the one in flight. ``save(..., wait=True)``, ``wait()`` and ``close()``
+return only once everything is on disk.
+
 ``Checkpointer.restore_latest_intact`` tries steps newest first and restores the first that
 passes every check: its checksums match, orbax reads it, and every leaf has the target's shape
 and dtype and (floating leaves) only finite values, unless the target leaf itself holds NaN/inf
@@ -17,6 +25,7 @@ collide with the steps the resumed run saves again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -53,9 +62,10 @@ class Checkpointer:
   Restoring needs a target tree of the same structure (e.g. a freshly initialised state),
   so NamedTuple optimizer states come back as the same types. Every process of a multi-host
   run makes the same calls; only process 0 writes checksums and moves damaged steps.
+  ``asynchronous=False``: every save blocks until committed (orbax's synchronous path).
   """
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, asynchronous: bool = True):
     if max_to_keep < 2:
       raise ValueError(f"Checkpointer max_to_keep={max_to_keep}: keep at least 2 so a damaged "
                        "latest checkpoint has an intact one to fall back to")
@@ -71,27 +81,46 @@ class Checkpointer:
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              cleanup_tmp_directories=True,
-                                             # every save is awaited anyway; synchronous
-                                             # saves also keep concurrent runs in one
-                                             # process (threads) from colliding
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=asynchronous))
+    # One thread per checkpointer waits for each commit and writes its checksums; the
+    # training thread touches the manager again only after it is done (``wait``).
+    self._commits = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-commit")
+    self._pending: Optional[concurrent.futures.Future] = None
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> Optional[int]:
+    self.wait()
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    """Saves ``state`` as ``step`` (every process), then process 0 writes its checksums."""
+  def save(self, step: int, state: Any, wait: bool = False) -> None:
+    """Starts saving ``state`` as ``step`` (every process); process 0 writes its checksums
+    once orbax has committed it. Returns once orbax has copied the leaves (device arrays
+    and numpy ones alike: the caller may then donate or overwrite them), or with
+    ``wait=True`` once the step is committed and checksummed. First waits for the previous
+    save, and raises here if that one failed."""
+    self.wait()
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._pending = self._commits.submit(self._commit, step)
+    if wait:
+      self.wait()
+
+  def _commit(self, step: int) -> None:
+    """Background thread: wait for orbax's commit of ``step``, then write its checksums."""
     self._manager.wait_until_finished()
-    _barrier(f"powerprop_checkpoint_saved_{step}")
     if jax.process_index() == 0:
       write_checksums(self.step_dir(step))
 
+  def wait(self) -> None:
+    """Returns once the last save is committed and checksummed (re-raising its error)."""
+    pending, self._pending = self._pending, None
+    if pending is not None:
+      pending.result()
+
   def restore(self, target: Any, step: Optional[int] = None) -> Any:
     """Restores ``step`` (default: the latest) with no integrity checks."""
+    self.wait()
     step = self._manager.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
@@ -110,6 +139,7 @@ class Checkpointer:
     Raises:
       CheckpointError: checkpoints exist but none is intact.
     """
+    self.wait()
     self._manager.reload()
     steps = sorted(self._manager.all_steps(), reverse=True)
     skipped: list[tuple[int, str, bool]] = []
@@ -169,7 +199,12 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the last save (re-raising its error), then releases orbax's threads."""
+    try:
+      self.wait()
+    finally:
+      self._commits.shutdown(wait=True)
+      self._manager.close()
 
 
 def _barrier(name: str) -> None:

@@ -268,15 +268,15 @@ def _run(config: Any, datasets: dict[str, Dataset], workdir: Optional[str], log:
           f"P_s={pruned:.4f} keep={fraction:.4f} capacity={cap[t]:.4f} "
           f"(total {sum(cap):.4f}) test_acc[{t}]=" +
           " ".join(f"{a:.4f}" for a in acc[t, :t + 1]) + f" [{time.time() - t0:.1f}s]")
+      if ckpt is not None:   # on disk before the task's record (the run's progress)
+        ckpt.save(t + 1, {"params": params, "net_state": net_state, "owners": owners,
+                          "acc": acc, **rec}, wait=True)
       if writer is not None:
         writer.write({"step": t + 1, "task": t, "train_accuracy": m.get("accuracy", np.nan),
                       "dense_validation_accuracy": dense, "pruned_validation_accuracy": pruned,
                       "keep_fraction": fraction, "capacity_used": cap[t],
                       "total_capacity": float(sum(cap)),
                       "average_accuracy": float(np.mean(acc[t, :t + 1]))})
-      if ckpt is not None:
-        ckpt.save(t + 1, {"params": params, "net_state": net_state, "owners": owners,
-                          "acc": acc, **rec})
   finally:
     if writer is not None:
       writer.close()

@@ -448,14 +448,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     use_compilation_cache(str(train_cfg.compilation_cache))
     exp = build_experiment(config, splits.sample_input)
     ckpt = checkpoint_lib.Checkpointer(workdir)
-    state, restored = ckpt.restore_latest_intact(exp.init_state, log)
+    # The target is the state as the loop holds it (replicated over every host's devices),
+    # so each host restores its own copy in place: no array crosses hosts.
+    init_state = parallel.replicate(exp.init_state, mesh)
+    state, restored = ckpt.restore_latest_intact(init_state, log)
     if state is None:
-      state = exp.init_state
+      state = init_state
     else:
       log(f"resumed from step {restored} in {workdir}")
     workdir_lib.record_run(workdir, record, is_writer=is_writer)
-    state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
-    ckpt.close()
+    try:
+      state = _train(config, workdir, splits, exp, state, mesh, ckpt, log, is_writer)
+    finally:   # a save in flight is finished even when training stops on an error
+      ckpt.close()
   return state, exp
 
 
@@ -544,7 +549,7 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
     return bool(n) and s // n > (s - k) // n
 
   def on_boundary(state: TrainState, s: int, metrics: dict[str, np.ndarray],
-                  save: bool, evaluate_now: bool) -> None:
+                  save: bool, evaluate_now: bool, stop: bool = False) -> None:
     nonlocal last_good
     try:
       check_finite_loss(metrics, s, len(metrics["loss"]), float(config.optimizer.learning_rate))
@@ -568,10 +573,10 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       shown = {k: v for k, v in record.items() if not k.startswith(DENSITY_PREFIX)}
       log(metrics_lib.format_progress(s, steps, shown, record.get("images_per_s", 0.0),
                                       time.time() - t0, start_step=start))
-    writer.write(record)
-    if save:
-      ckpt.save(s, state)
+    if save:   # before the record: a run whose last record is written is on disk whole
+      ckpt.save(s, state, wait=s == steps or stop)
       last_good = s
+    writer.write(record)
 
   s = start
   profile = Profile(parse_profile(train_cfg.profile), os.path.join(workdir, "profile"))
@@ -587,7 +592,7 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
                for n in ("log", "eval", "checkpoint")}
         if any(due.values()) or stop:
           on_boundary(state, s, window.fetch(), save=due["checkpoint"] or stop,
-                      evaluate_now=due["eval"])
+                      evaluate_now=due["eval"], stop=stop)
           window.restart()
         if stop:
           log(f"preempted: stopped at step {s} of {steps} with a checkpoint in {workdir}; "
