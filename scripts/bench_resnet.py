@@ -7,8 +7,10 @@ update, sparsity method in the optimizer state) on ``hk.nets.ResNet50``; variant
 round-robin in the same run and reported as images/sec and as the ratio of step time to the
 dense step (target: <= 1.05 for powerprop, <= 1.10 with masks, RigL/Top-KAST mask updates
 every 100 steps amortised: a plain step plus 1/100 of the extra cost of an update step), and
-in bf16 compute (``model.compute_dtype``). Each step's FLOPs come from XLA's cost analysis;
-on an accelerator the achieved TFLOP/s is reported as a fraction of its bf16 peak.
+in bf16 compute (``model.compute_dtype``). The model FLOPs of a step (forward and backward,
+``train.model_flops``: XLA's cost analysis, the same for every variant of one model) over the
+step time give model TFLOP/s; on an accelerator, as a fraction of its bf16 peak (MFU, as
+the training log's ``device_utilisation``), so a variant's overhead shows as a lower MFU.
 It also times the input side alone (gather + on-device crop/flip of a mock in-memory batch),
 to show whether data or compute bounds a run. Use a GPU/TPU for meaningful absolute numbers.
 """
@@ -23,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from powerprop_jax.experiment import config as config_lib
+from powerprop_jax.experiment import flops as flops_lib
 from powerprop_jax.experiment import train
 from powerprop_jax.experiment.data import Dataset
 from powerprop_jax.experiment.data import augment as augment_lib
@@ -75,7 +78,8 @@ def bench_model(batch_size: int, image_size: int, steps: int, rounds: int,
     exp = train.build_experiment(_config(alpha, method, every, dtype, model),
                                  np.asarray(batch["image"][:1]))
     step = jax.jit(train.make_train_step(exp.model, exp.tx, exp.reparam), donate_argnums=0)
-    flops[name] = _step_flops(step, exp.init_state, batch)
+    flops[name] = train.model_flops(exp.model, exp.init_state, batch_size,
+                                    np.asarray(batch["image"][:1]))
     state, _ = _timed(step, exp.init_state, batch)  # compile
     runs[name] = [step, state, []]
     print(f"compiled {name}", flush=True)
@@ -92,29 +96,6 @@ def bench_model(batch_size: int, image_size: int, steps: int, rounds: int,
   return {name: {"s_per_step": v, "images_per_s": batch_size / v, "ratio": v / t["dense"],
                  "tflops_per_s": flops[name] / v / 1e12}
           for name, v in t.items()}
-
-
-def _step_flops(step, state, batch) -> float:
-  """FLOPs of one compiled train step, from XLA's cost analysis (0 if unavailable)."""
-  try:
-    cost = step.lower(state, batch).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0))
-  except Exception:  # pylint: disable=broad-except  (cost analysis is backend-optional)
-    return 0.0
-
-
-# Dense bf16 peak TFLOP/s per chip (vendor data sheets), for the fraction-of-peak column.
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "V100": 125.0,
-                    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5p": 459.0, "L4": 121.0}
-
-
-def peak_tflops(device_kind: str) -> float:
-  """The bf16 dense peak of a known accelerator (0 when unknown, e.g. a CPU)."""
-  for name, peak in BF16_PEAK_TFLOPS.items():
-    if name.lower() in device_kind.lower():
-      return peak
-  return 0.0
 
 
 def bench_input(batch_size: int, image_size: int, rounds: int = 20) -> float:
@@ -149,7 +130,7 @@ def main():
   print(f"device: {device.platform} ({device.device_kind}) x{jax.device_count()}; "
         f"{args.model}, batch {args.batch}, {args.image_size}x{args.image_size}", flush=True)
   results = bench_model(args.batch, args.image_size, args.steps, args.rounds, args.model)
-  peak = args.peak_tflops or peak_tflops(device.device_kind)
+  peak = args.peak_tflops or flops_lib.peak_tflops(device.device_kind)
   print(f"{'variant':28s} {'images/s':>10s} {'ratio':>7s} {'TFLOP/s':>8s} {'of peak':>8s}")
   for name, r in results.items():
     r["fraction_of_bf16_peak"] = r["tflops_per_s"] / peak if peak else None

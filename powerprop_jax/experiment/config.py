@@ -62,6 +62,8 @@ def base() -> ml_collections.ConfigDict:
   c.train.augment = "none"            # none | crop_flip (on device)
   c.train.compilation_cache = ""      # persistent JAX compilation cache dir ("" = off)
   c.train.profile = ""                # "START:STOP": trace those steps into workdir/profile
+  c.train.peak_tflops = 0.0           # per-device peak for device_utilisation (0 = by device
+                                      # kind: known GPUs/TPUs; none on CPU)
   c.train.label_smoothing = 0.0
 
   c.optimizer = ml_collections.ConfigDict()

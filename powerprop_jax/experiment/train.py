@@ -41,6 +41,7 @@ from powerprop_jax import checks
 from powerprop_jax import masks as masks_lib
 from powerprop_jax import optim, transform
 from powerprop_jax.experiment import checkpoint as checkpoint_lib
+from powerprop_jax.experiment import flops as flops_lib
 from powerprop_jax.experiment import metrics as metrics_lib
 from powerprop_jax.experiment import parallel
 from powerprop_jax.experiment import preemption
@@ -508,20 +509,53 @@ class Window:
     return {key: np.concatenate([np.asarray(m[key]).reshape(-1) for m in host])
             for key in host[0]}
 
-  def timing(self, batch_size: int) -> dict[str, float]:
-    """images_per_s, step_time_s and input_wait_fraction of the timed steps (none: {})."""
+  def timing(self, batch_size: int, step_flops: float = 0.0, peak_flops: float = 0.0
+             ) -> dict[str, float]:
+    """images_per_s, step_time_s and input_wait_fraction of the timed steps (none: {});
+    with ``step_flops`` (model FLOPs per step) and ``peak_flops`` (FLOP/s of all devices)
+    also model_tflops_per_s and device_utilisation (their ratio, the MFU)."""
     elapsed = time.perf_counter() - self.t0
     if not self.timed_steps or elapsed <= 0:
       return {}
-    return {"images_per_s": self.timed_steps * batch_size / elapsed,
-            "step_time_s": elapsed / self.timed_steps,
-            "input_wait_fraction": min(1.0, self.input_wait_s / elapsed)}
+    out = {"images_per_s": self.timed_steps * batch_size / elapsed,
+           "step_time_s": elapsed / self.timed_steps,
+           "input_wait_fraction": min(1.0, self.input_wait_s / elapsed)}
+    if step_flops and peak_flops:
+      flops_per_s = step_flops * self.timed_steps / elapsed
+      out.update(model_tflops_per_s=flops_per_s / 1e12,
+                 device_utilisation=flops_per_s / peak_flops)
+    return out
 
   def restart(self) -> None:
     """A new window whose clock starts now (after the boundary's eval and checkpoint)."""
     t0 = self.t0
     self.__init__()
     self.t0 = time.perf_counter() if t0 is not None else None
+
+
+def model_flops(model: Any, state: TrainState, batch_size: int, sample_input: np.ndarray
+                ) -> float:
+  """Model FLOPs of one step: the loss's forward and backward pass on the global batch, as
+  XLA's cost analysis counts them (lowered, not compiled), with every weight counted (the
+  dense-equivalent model, whatever the masks; MFU counts the model's work, not the optimizer's
+  or the mask updates', which a ``lax.cond`` would count on every step). Microbatches do not
+  change it: the same examples take the same FLOPs."""
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, *sample_input.shape[1:]), jnp.float32),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  return flops_lib.step_flops(make_grad_fn(model), state.params, state.net_state,
+                              jax.random.PRNGKey(0), batch)
+
+
+def utilisation_basis(config: ml_collections.ConfigDict, exp: Experiment, state: TrainState,
+                      sample_input: np.ndarray, mesh: jax.sharding.Mesh) -> tuple[float, float]:
+  """(:func:`model_flops` of a step, peak FLOP/s of the mesh's devices), or (0, 0) when no
+  peak is known (``train.peak_tflops`` = 0 on a CPU or an unlisted chip)."""
+  peak = float(config.train.peak_tflops) or flops_lib.peak_tflops(
+      mesh.devices.flat[0].device_kind)
+  if not peak:
+    return 0.0, 0.0
+  return (model_flops(exp.model, state, int(config.train.batch_size), sample_input),
+          peak * 1e12 * mesh.size)
 
 
 def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state: TrainState,
@@ -542,6 +576,7 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
   evaluate = make_eval_fn(exp.model, exp.reparam, int(train_cfg.eval_batch_size), mesh)
   writer = metrics_lib.MetricsWriter(workdir, is_writer=is_writer, start_step=start)
   state = parallel.replicate(state, mesh)
+  step_flops, peak_flops = utilisation_basis(config, exp, state, splits.sample_input, mesh)
   t0, last_good = time.time(), ckpt.latest_step()
   window = Window()
 
@@ -557,7 +592,8 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       where = f"last good checkpoint: step {last_good}" if last_good else "no checkpoint yet"
       raise TrainingDiverged(f"{e} ({where} in {workdir})") from None
     record = {"step": s, **{f"train_{n}": float(np.mean(v)) for n, v in metrics.items()},
-              "learning_rate": float(exp.learning_rate(s - 1)), **window.timing(batch)}
+              "learning_rate": float(exp.learning_rate(s - 1)),
+              **window.timing(batch, step_flops, peak_flops)}
     masks = forward_masks(state.opt_state)
     if evaluate_now and splits.validation is not None:
       record["validation_accuracy"] = evaluate(state.params, state.net_state, splits.validation,
@@ -672,6 +708,7 @@ def check_config(config: ml_collections.ConfigDict, num_train: Optional[int] = N
   parse_profile(t.profile)
   checks.choice(t.augment, "train.augment", sorted(augment_lib.AUGMENTATIONS))
   checks.fraction(t.label_smoothing, "train.label_smoothing")
+  checks.positive(t.peak_tflops, "train.peak_tflops", allow_zero=True)
   check_batch_split(batch, num_devices or 1, microbatches)
   if num_train is not None and batch > num_train:
     raise checks.ConfigError(f"train.batch_size={batch} exceeds the {num_train} training "

@@ -66,6 +66,7 @@ IGNORED_PREFIXES: tuple[str, ...] = (
     "train.checkpoint_every",   # cadence
     "train.compilation_cache",  # where compiled programs are cached
     "train.profile",            # which steps are traced
+    "train.peak_tflops",        # what device_utilisation is measured against
     "prune",                    # post-training pruning curves
     "sweep",                    # what sweep scripts iterate over
 )
