@@ -1,4 +1,4 @@
-"""N:M structured sparsity: masks along axis -2, compression, and the pruning methods."""
+"""N:M structured sparsity: masks along axis -2, compression, pruning curves."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import pytest
 
 import powerprop_jax as pp
 from powerprop_jax import curves, structured
-from powerprop_jax.sparsity import distributions, magnitude, schedules
+from powerprop_jax.sparsity import distributions, magnitude
 
 
 def _params(seed=0):
@@ -99,65 +99,6 @@ def test_compress_decompress_bit_exact(dtype):
   np.testing.assert_array_equal(np.asarray(jax_back).view(np.uint8), w.view(np.uint8))
   with pytest.raises(ValueError, match="more than 1 non-zeros"):
     structured.nm_compress(w, 1, 4)
-
-
-def _run(method, params, steps, alpha):
-  inner = optax.sgd(0.05, momentum=0.9)
-  if alpha != 1.0:
-    inner = pp.powerprop_optimizer(inner, alpha)
-  tx = pp.sparse_optimizer(inner, method)
-  state = tx.init(params)
-  rng = np.random.default_rng(0)
-
-  @jax.jit
-  def step(p, s, g):
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  for t in range(steps):
-    g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32),
-                               params)
-    params, state = step(params, state, g)
-    yield t + 1, params, state
-
-
-def _group_counts(masks):
-  return {name: np.asarray(structured.group_counts(np.asarray(masks[name]["w"]), 4
-                                                   if name != "wide" else 8))
-          for name in masks}
-
-
-@pytest.mark.parametrize("alpha", [1.0, 2.0])
-def test_oneshot_nm_holds_through_training(alpha):
-  params = _params(2)
-  counts = distributions.counts_tree(params, distributions.keep_counts(params, 0.5))
-  for _, p, s in _run(magnitude.oneshot_pruning(counts, 0, "2:4"), params, 4, alpha):
-    structured.check_nm(s.masks, 2, 4)
-    for name in params:
-      np.testing.assert_array_equal(np.asarray(p[name]["w"])[~np.asarray(s.masks[name]["w"])],
-                                    0.0)
-      assert bool(np.asarray(s.masks[name]["b"]).all())
-
-
-@pytest.mark.parametrize("alpha", [1.0, 2.0])
-def test_gradual_nm_follows_the_cubic_schedule_to_exact_n_m(alpha):
-  """n_t = round(M (1 - s_t)) per group on the cubic schedule: 8, 4, then 2:8 from step 6 on."""
-  params = {"wide": {"w": jnp.asarray(np.random.default_rng(3).normal(size=(16, 4)),
-                                      jnp.float32)}}
-  counts = distributions.counts_tree(params, distributions.keep_counts(params, 0.75))
-  begin, end, every = 2, 8, 2
-  method = magnitude.gradual_pruning(counts, begin, end, every, structure="2:8")
-  seen = []
-  for t, p, s in _run(method, params, 10, alpha):
-    last_update = min(end, begin + (t - begin) // every * every) if t >= begin else 0
-    sparsity = float(schedules.cubic_sparsity(last_update, 0.75, begin, end))
-    want = int(np.clip(np.round(8 * (1 - sparsity)), 2, 8))
-    counts_t = _group_counts(s.masks)["wide"]
-    assert (counts_t == want).all(), (t, want, counts_t)
-    assert (np.asarray(structured.group_counts(np.asarray(p["wide"]["w"]), 8)) <= want).all()
-    seen.append(want)
-  assert seen == [8, 8, 8, 4, 4, 2, 2, 2, 2, 2]
-  structured.check_nm(s.masks, 2, 8)
 
 
 def test_nm_pruning_curve():

@@ -13,7 +13,7 @@ from powerprop_jax import checks, structured
 from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.experiment import data, train
 from powerprop_jax.experiment.data import Dataset
-from powerprop_jax.sparsity import distributions, schedules
+from powerprop_jax.sparsity import distributions, magnitude, schedules
 
 GROW = {"rigl": "gradient", "set": "random"}
 
@@ -81,6 +81,44 @@ def _run(method, params, steps, alpha, momentum=0.9, seed=0):
                                params)
     params, state = step(params, state, g)
     yield t + 1, params, state, g
+
+
+# --- one-shot and gradual N:M through training ------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_oneshot_nm_holds_through_training(alpha):
+  params = _params(2)
+  for t, p, s, _ in _run(magnitude.oneshot_pruning(_counts(params, 0.5), 0, "2:4"), params, 4,
+                         alpha):
+    if t == 0:   # the optimizer's initial state: pruned at the first update
+      continue
+    structured.check_nm(s.masks, 2, 4)
+    for name in params:
+      np.testing.assert_array_equal(np.asarray(p[name]["w"])[~np.asarray(s.masks[name]["w"])],
+                                    0.0)
+      assert bool(np.asarray(s.masks[name]["b"]).all())
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_gradual_nm_follows_the_cubic_schedule_to_exact_n_m(alpha):
+  """n_t = round(M (1 - s_t)) per group on the cubic schedule: 8, 4, then 2:8 from step 6 on."""
+  params = {"wide": {"w": jnp.asarray(np.random.default_rng(3).normal(size=(16, 4)),
+                                      jnp.float32)}}
+  begin, end, every = 2, 8, 2
+  method = magnitude.gradual_pruning(_counts(params, 0.75), begin, end, every, structure="2:8")
+  seen = []
+  for t, p, s, _ in _run(method, params, 10, alpha):
+    if t == 0:   # the optimizer's initial state
+      continue
+    last_update = min(end, begin + (t - begin) // every * every) if t >= begin else 0
+    sparsity = float(schedules.cubic_sparsity(last_update, 0.75, begin, end))
+    want = int(np.clip(np.round(8 * (1 - sparsity)), 2, 8))
+    counts_t = np.asarray(structured.group_counts(np.asarray(s.masks["wide"]["w"]), 8))
+    assert (counts_t == want).all(), (t, want, counts_t)
+    assert (np.asarray(structured.group_counts(np.asarray(p["wide"]["w"]), 8)) <= want).all()
+    seen.append(want)
+  assert seen == [8, 8, 8, 4, 4, 2, 2, 2, 2, 2]
+  structured.check_nm(s.masks, 2, 8)
 
 
 # --- the method, step by step ----------------------------------------------------------------
