@@ -45,7 +45,7 @@ import numpy as np
 
 from powerprop_jax import checks
 from powerprop_jax.experiment import config as config_lib
-from powerprop_jax.experiment import files, results
+from powerprop_jax.experiment import files, preemption, results
 from powerprop_jax.experiment import workdir as workdir_lib
 from powerprop_jax.experiment.data import imagenet
 
@@ -383,6 +383,8 @@ def run_smoke(module: ModuleType, rows: Sequence[str], runs: str, out_dir: str, 
         log(f"== smoke {row} in {workdir}")
         try:
           train.run_experiment(expected[row], workdir, log=log)
+        except preemption.Preempted:   # saved and stopped: no further row, no table
+          raise
         except Exception as e:  # pylint: disable=broad-except
           log(f"{row}: failed: {type(e).__name__}: {e}")
           failed.append(row)
@@ -591,6 +593,8 @@ def main(argv: Sequence[str], log: Log = print) -> int:
   except ReproduceError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except preemption.Preempted:   # saved and stopped (already logged): rerun to resume
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ while True:
 
 
 def _target():
-  return {"w": jnp.zeros((512, 1024)), "host": np.zeros(4096, np.int64), "step": np.array(0, np.int64)}
+  return {"w": jnp.zeros((512, 1024)), "host": np.zeros(4096, np.int64),
+          "step": np.array(0, np.int64)}
 
 
 def _run_and_kill(workdir, delay: float) -> int:

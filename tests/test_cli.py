@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from powerprop_jax import checks
-from powerprop_jax.experiment import cli
+from powerprop_jax.experiment import cli, preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mnist_oneshot.py")
@@ -47,6 +47,16 @@ def test_run_prints_user_errors_in_one_line_and_keeps_tracebacks_of_bugs(capsys)
 
   with pytest.raises(ValueError, match="internal"):
     cli.run(bug)
+
+
+def test_run_exits_0_on_a_preemption(capsys):
+  """Training saved a checkpoint and stopped (already logged): the scheduler requeues it."""
+  def preempted():
+    raise preemption.Preempted(20, 60, "runs/x")
+
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(preempted)
+  assert exit_info.value.code == 0 and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("spec,expect", [("1/2", (1, 2)), ("0/1", (0, 1))])

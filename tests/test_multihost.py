@@ -98,15 +98,18 @@ def test_two_processes_equal_one(tmp_path):
 STEPS = 300
 
 PREEMPTED_WORKER = PREAMBLE + r'''
-from powerprop_jax.experiment import config as config_lib, data, train
+from powerprop_jax.experiment import config as config_lib, data, preemption, train
 c = config_lib.base()
 c.alpha = 2.0
 c.train.update({"steps": %d, "batch_size": 20, "chunk_steps": 1, "log_every": 10,
                 "eval_every": 0, "checkpoint_every": 0})
 c.optimizer.update({"momentum": 0.9, "learning_rate": 0.05})
 c.sparsity.update({"method": "topkast", "level": 0.8, "update_every": 10})
-state, _ = train.train_and_evaluate(c, workdir, data.prototype_digits(200, 50, seed=0, dim=32),
-                                    log=lambda msg: print(msg, flush=True))
+try:
+  state, _ = train.train_and_evaluate(c, workdir, data.prototype_digits(200, 50, seed=0, dim=32),
+                                      log=lambda msg: print(msg, flush=True))
+except preemption.Preempted as stop:
+  state = stop.state
 leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
 np.savez(out, step=np.asarray(jax.device_get(state.step)), *leaves)
 ''' % STEPS

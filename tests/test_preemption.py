@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from powerprop_jax.checks import ConfigError
 from powerprop_jax.experiment import config as config_lib
-from powerprop_jax.experiment import data, train
+from powerprop_jax.experiment import data, preemption, sweep, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 400
@@ -21,7 +22,7 @@ WORKER = r'''
 import sys
 import jax
 import numpy as np
-from powerprop_jax.experiment import config as config_lib, data, train
+from powerprop_jax.experiment import config as config_lib, data, preemption, train
 workdir, out = sys.argv[1], sys.argv[2]
 c = config_lib.base()
 c.alpha = 2.0
@@ -29,8 +30,11 @@ c.train.update({"steps": %d, "batch_size": 20, "chunk_steps": 1, "log_every": 20
                 "eval_every": 0, "checkpoint_every": 0, "compilation_cache": sys.argv[3]})
 c.optimizer.update({"momentum": 0.9, "learning_rate": 0.05})
 c.sparsity.update({"method": "rigl", "level": 0.8, "update_every": 10})
-state, _ = train.train_and_evaluate(c, workdir, data.prototype_digits(200, 50, seed=0, dim=32),
-                                    log=lambda m: print(m, flush=True))
+try:
+  state, _ = train.train_and_evaluate(c, workdir, data.prototype_digits(200, 50, seed=0, dim=32),
+                                      log=lambda m: print(m, flush=True))
+except preemption.Preempted as stop:   # not a result: the state saved at the stop
+  state = stop.state
 np.savez(out, step=np.asarray(state.step), *jax.tree_util.tree_leaves(jax.device_get(state.params)))
 ''' % STEPS
 
@@ -86,3 +90,37 @@ def test_profile_traces_the_given_steps(tmp_path):
 def test_bad_profile_is_one_line(spec):
   with pytest.raises(ConfigError, match="train.profile must be '' or 'START:STOP'"):
     train.parse_profile(spec)
+
+
+def test_a_preempted_sweep_cell_is_not_a_result(tmp_path):
+  """SIGTERM in the middle of a sweep's cell: the cell's half-trained state reaches no caller
+  as a result (no rows recorded), the sweep stops with Preempted (the scripts exit 0), and the
+  rerun resumes that cell and ends with the rows of an uninterrupted sweep."""
+  datasets = data.prototype_digits(200, 50, seed=0, dim=32)
+  c = config_lib.base()
+  c.train.update({"steps": 60, "batch_size": 20, "chunk_steps": 5, "log_every": 10,
+                  "eval_every": 0, "checkpoint_every": 0})
+  cells = sweep.grid(alpha=[1.0, 2.0])
+  seen, signalled = [], []
+
+  def cell(cfg, run_dir, _):   # like prune_eval: rows computed from the returned state
+    def log(msg):
+      seen.append(msg)
+      if (msg.startswith("step 20/") and cfg.alpha == 2.0 and "stopped" in run_dir
+          and not signalled):   # once, in the second cell of the interrupted sweep
+        signalled.append(msg)
+        os.kill(os.getpid(), signal.SIGTERM)
+    state, _ = train.train_and_evaluate(cfg, run_dir, datasets, log=log)
+    return [{"step": int(state.step), "w_sum": float(sum(
+        np.abs(np.asarray(x)).sum() for x in jax.tree_util.tree_leaves(state.params)))}]
+
+  straight = sweep.run(c, str(tmp_path / "straight"), cells, cell, log=lambda m: None)
+  with pytest.raises(preemption.Preempted) as stop:
+    sweep.run(c, str(tmp_path / "stopped"), cells, cell, log=lambda m: None)
+  assert 20 <= stop.value.step < 60 and stop.value.steps == 60
+  found = sweep.outcomes(c, str(tmp_path / "stopped"), cells)
+  assert [o.state for o in found] == [sweep.FINISHED, sweep.MISSING]
+  seen.clear()
+  resumed = sweep.run(c, str(tmp_path / "stopped"), cells, cell, log=lambda m: None)
+  assert any(m.startswith(f"resumed from step {stop.value.step}") for m in seen), seen[:3]
+  assert resumed == straight and [r["step"] for r in resumed] == [60, 60]

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from powerprop_jax import checks
 from powerprop_jax.experiment import config as config_lib
 from powerprop_jax.experiment import files
+from powerprop_jax.experiment import preemption
 from powerprop_jax.experiment import workdir as workdir_lib
 
 # Flags this module defines for a script belong to that script: its --help lists them.
@@ -37,8 +38,9 @@ def define_flags(default_config: str = "") -> None:
 
 def run(main: Callable[[], None]) -> None:
   """Runs ``main``; the project's errors about its input (:class:`checks.UserError`: a bad
-  config value, data dir, workdir, ...) print one line and exit 1; anything else keeps its
-  traceback."""
+  config value, data dir, workdir, ...) print one line and exit 1; a preemption (training
+  saved a checkpoint and stopped, :class:`preemption.Preempted`, already logged) exits 0 so
+  the scheduler requeues it; anything else keeps its traceback."""
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     workdir = flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
@@ -48,6 +50,8 @@ def run(main: Callable[[], None]) -> None:
   except checks.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except preemption.Preempted:
+    sys.exit(0)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

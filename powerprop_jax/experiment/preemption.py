@@ -1,8 +1,10 @@
 """Preemption: a scheduler's SIGTERM stops training at a step every process agrees on.
 
 The training loop asks :meth:`PreemptionWatch.reached` once per chunk (a local check, no host
-round trip) and, when it answers True, saves a checkpoint at the current step and returns;
-the process then exits 0 and a rerun of the same command resumes from that step.
+round trip) and, when it answers True, saves a checkpoint at the current step and raises
+:class:`Preempted`: the run is neither failed nor finished, so no caller may take its state
+for a result (a sweep records no row for it); the scripts exit 0 on it (``cli.run``) and a
+rerun of the same command resumes from that step.
 
 * One process: SIGTERM sets a flag (the handler is installed only while training, in the
   main thread; the previous handler is restored after).
@@ -21,6 +23,16 @@ from typing import Any, Optional
 import jax
 from absl import logging
 from jax.experimental import multihost_utils
+
+
+class Preempted(Exception):
+  """Training stopped at a preemption notice with a checkpoint at ``step`` (of ``steps``) in
+  ``workdir``; ``state`` is the state saved there."""
+
+  def __init__(self, step: int, steps: int, workdir: str, state: Any = None):
+    super().__init__(f"preempted: stopped at step {step} of {steps} with a checkpoint in "
+                     f"{workdir}; rerun the same command to resume")
+    self.step, self.steps, self.workdir, self.state = step, steps, workdir, state
 
 
 class PreemptionWatch:

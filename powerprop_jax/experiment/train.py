@@ -426,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir whose run was defined by another config unless ``allow_changed_config``, or with
   fewer steps; more steps only with ``allow_extend``, to extend a finished run). Stops
   at the first non-finite loss (:class:`TrainingDiverged`), keeping the last good
-  checkpoint. Returns the final state and the experiment that produced it.
+  checkpoint. A SIGTERM (or JAX's preemption notice) saves a checkpoint and raises
+  :class:`preemption.Preempted`. Returns the final state and the experiment that produced it.
   """
   splits = (datasets if isinstance(datasets, data_base.DataSplits)
             else data_base.DataSplits.from_datasets(datasets))
@@ -614,7 +615,7 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       last_good = s
     writer.write(record)
 
-  s = start
+  s, preempted = start, None
   profile = Profile(parse_profile(train_cfg.profile), os.path.join(workdir, "profile"))
   chunks = iterate_chunks(state, chunk_fn, train_input, steps, int(train_cfg.chunk_steps))
   try:
@@ -631,13 +632,15 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
                       evaluate_now=due["eval"], stop=stop)
           window.restart()
         if stop:
-          log(f"preempted: stopped at step {s} of {steps} with a checkpoint in {workdir}; "
-              "rerun the same command to resume")
+          preempted = preemption.Preempted(s, steps, workdir, state)
+          log(str(preempted))
           break
   finally:
     chunks.close()
     profile.stop(state)
     writer.close()
+  if preempted is not None:
+    raise preempted
   return state
 
 
