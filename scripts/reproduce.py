@@ -34,8 +34,10 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -274,9 +276,25 @@ def collect_imagenet(module: ModuleType, rows: Sequence[str], runs_dir: str,
   return found
 
 
-def _run(cmd: Sequence[str], log: Log) -> int:
+def _run(cmd: Sequence[str], log: Log, stop: Optional[threading.Event] = None) -> int:
+  """Runs ``cmd``; a SIGTERM to this process meanwhile is passed on to it (it saves a
+  checkpoint and exits 0) and sets ``stop``, so no further row starts."""
   log("$ " + shlex.join(cmd))
-  return subprocess.call(list(cmd), cwd=REPO)
+  proc = subprocess.Popen(list(cmd), cwd=REPO)
+
+  def forward(signum: int, frame: Any) -> None:
+    del frame
+    if stop is not None:
+      stop.set()
+    proc.send_signal(signum)
+
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, forward) if main_thread else None
+  try:
+    return proc.wait()
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
 
 
 def run_imagenet(args: argparse.Namespace, log: Log) -> int:
@@ -309,7 +327,7 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
       cmd = row_command(row, runs_dir, args.data_dir, extra)
       log(shlex.join(cmd) if args.launch else f"{row}: {shlex.join(cmd)}")
     return 0
-  failed = []
+  failed, stop = [], threading.Event()
   if args.rows:
     for row in rows:
       workdir = os.path.join(runs_dir, row)
@@ -317,7 +335,12 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
       if status.state == workdir_lib.OTHER_CONFIG:
         log(f"{row}: other config: {status.detail}; not run (use another --runs)")
         continue
-      rc = _run(row_command(row, runs_dir, args.data_dir, overrides[row], sys.executable), log)
+      rc = _run(row_command(row, runs_dir, args.data_dir, overrides[row], sys.executable), log,
+                stop)
+      if stop.is_set():
+        log(f"preempted: {row} saved its checkpoint (status {rc}); no further row started; "
+            "rerun the same command to resume")
+        return 0
       if rc:
         log(f"{row}: scripts/train.py exited with status {rc}")
         failed.append(row)

@@ -12,8 +12,10 @@ import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -354,3 +356,39 @@ def test_mnist_table_equals_prune_eval_results(tmp_path):
   md = (tmp_path / "out" / "reproduce_mnist.md").read_text()
   dense = {a: np.mean(v) for (k, a), v in groups.items() if k == 1.0}
   assert f"| 100.00% | {dense[1.0]:.4f} | {dense[2.0]:.4f} |" in md
+
+
+CHILD = r'''
+import os, signal, sys, time
+marker = sys.argv[1]
+def stop(signum, frame):
+  open(marker, "a").write("saved\n")
+  sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+open(marker, "w").write("started\n")
+time.sleep(60)
+open(marker, "a").write("finished\n")
+'''
+
+
+def test_a_sigterm_is_passed_to_the_row_and_no_further_row_starts(tmp_path, monkeypatch):
+  """--rows runs train.py per row: a scheduler's SIGTERM to reproduce.py reaches the running
+  row (which saves and exits 0), and reproduce.py exits 0 without starting the next row."""
+  monkeypatch.setattr(reproduce, "row_command", lambda row, *a, **k: [
+      sys.executable, "-c", CHILD, str(tmp_path / f"{row}.marker")])
+
+  def signal_once_started():
+    while not (tmp_path / "dense.marker").exists():
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+  threading.Thread(target=signal_once_started, daemon=True).start()
+  lines = []
+  t0 = time.time()
+  rc = reproduce.main(["--table", "imagenet", "--rows", "dense,topkast80", "--runs",
+                       str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                      log=lines.append)
+  assert rc == 0 and time.time() - t0 < 30
+  assert (tmp_path / "dense.marker").read_text() == "started\nsaved\n"
+  assert not (tmp_path / "topkast80.marker").exists()
+  assert any(line.startswith("preempted: dense saved its checkpoint") for line in lines), lines
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
