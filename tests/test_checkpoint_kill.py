@@ -46,8 +46,11 @@ def _run_and_kill(workdir, delay: float) -> int:
   proc = subprocess.Popen([sys.executable, "-c", WORKER, str(workdir)], cwd=ROOT,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  first = proc.stdout.readline()
-  assert first.startswith("saving"), first + proc.stdout.read()[-2000:]
+  first = ""
+  while not first.startswith("saving"):   # (a library may warn first)
+    line = proc.stdout.readline()
+    assert line, first + proc.stdout.read()[-2000:]   # it ended before saving
+    first = line if line.startswith("saving") else first + line
   time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   rest, _ = proc.communicate(timeout=60)

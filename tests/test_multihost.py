@@ -95,7 +95,7 @@ def test_two_processes_equal_one(tmp_path):
   assert os.path.isdir(tmp_path / "multi" / "checkpoints" / "4")
 
 
-STEPS = 300
+STEPS = 600   # ample room for the notice to reach every host before the end
 
 PREEMPTED_WORKER = PREAMBLE + r'''
 from powerprop_jax.experiment import config as config_lib, data, preemption, train
