@@ -607,13 +607,16 @@ def main(argv: Sequence[str], log: Log = print) -> int:
   """Runs the command line ``argv`` (without the program name); returns the exit status."""
   args = build_parser().parse_args(list(argv))
   try:
+    if not (args.dry_run or args.launch):   # what this run reads and writes: reachable?
+      for flag, where in (("--runs", args.runs), ("--out", args.out)):
+        files.check_reachable(where, flag)
     if args.table == "imagenet":
       if args.alphas or args.seeds:
         raise ReproduceError("--alphas and --seeds are for the small tables; the ImageNet "
                              "rows fix alpha (the _pp rows use POWERPROP_ALPHA)")
       return run_imagenet(args, log)
     return run_sweep(args, log)
-  except ReproduceError as e:
+  except checks.UserError as e:   # ReproduceError and the harness's one-line errors
     print(f"error: {e}", file=sys.stderr)
     return 2
   except preemption.Preempted:   # saved and stopped (already logged): rerun to resume

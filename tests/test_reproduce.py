@@ -392,3 +392,21 @@ def test_a_sigterm_is_passed_to_the_row_and_no_further_row_starts(tmp_path, monk
   assert not (tmp_path / "topkast80.marker").exists()
   assert any(line.startswith("preempted: dense saved its checkpoint") for line in lines), lines
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
+
+
+@pytest.mark.parametrize("flag", ["--runs", "--out"])
+def test_unreachable_runs_or_out_is_one_line_before_any_work(tmp_path, flag, capsys):
+  """An object store that cannot be reached (here: no backend for the protocol) is refused
+  in one line at start-up; nothing local is made in its place."""
+  argv = ["--table", "imagenet", "--runs", str(tmp_path / "runs"), "--out",
+          str(tmp_path / "out"), flag, "nosuchstore://bucket/x"]
+  cwd = os.getcwd()
+  os.chdir(tmp_path)
+  try:
+    rc = reproduce.main(argv, log=lambda m: None)
+  finally:
+    os.chdir(cwd)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert err[0].startswith(f"error: {flag} nosuchstore://bucket/x cannot be reached")
+  assert sorted(os.listdir(tmp_path)) == []

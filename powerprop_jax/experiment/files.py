@@ -65,21 +65,22 @@ def read_text(p: PathLike) -> str:
   return path(p).read_text()
 
 
-def check_reachable(p: PathLike) -> None:
+def check_reachable(p: PathLike, what: str = "workdir") -> None:
   """Raises :class:`StorageError` unless directory ``p`` exists or can be made, and takes a
-  small write; a local path is left to the code that writes it (nothing is probed)."""
+  small write; a local path is left to the code that writes it (nothing is probed).
+  ``what`` names the directory in the message (e.g. "--out")."""
   if is_local(p):
     if os.path.exists(p) and not os.path.isdir(p):
-      raise StorageError(f"workdir {os.fspath(p)} is a file, not a directory; use another")
+      raise StorageError(f"{what} {os.fspath(p)} is a file, not a directory; use another")
     return
-  probe = path(p) / f".reachable.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-  try:
+  try:   # an unknown scheme (a typo such as gss://) fails here too, in the same line
+    probe = path(p) / f".reachable.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     makedirs(p)
     probe.write_text("ok")
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except  (any backend's error, one line)
     cause = str(e).splitlines()[0] if str(e) else ""
-    raise StorageError(f"workdir {os.fspath(p)} cannot be reached or written "
+    raise StorageError(f"{what} {os.fspath(p)} cannot be reached or written "
                        f"({type(e).__name__}: {cause}); check the path, the credentials and "
                        "that the storage backend is installed (gs://: pip install gcsfs; "
                        "s3://: pip install s3fs)") from None
