@@ -15,7 +15,9 @@ measurements, in this order, in this one process:
 
 On a CPU host, decode and compute get disjoint cores the same way in all of them: the
 training process (XLA with one intra-op thread, ``--xla_cpu_multi_thread_eigen=false``) on
-core 0, the grain worker on core 1 (``os.sched_setaffinity``). The last line is
+core 0, the grain worker on core 1 (``os.sched_setaffinity``). On an accelerator (run with
+``JAX_PLATFORMS=cuda`` or ``tpu``: this script defaults to the CPU) nothing is pinned and
+``--workers`` decode processes feed the device. The last line is
 ``loop efficiency: X`` with X = loop steps/s over the slower of input alone and compute
 alone (1.0: the loop hides the faster of the two completely).
 """
@@ -66,15 +68,15 @@ ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
 
 def pin(cores: set[int]) -> None:
   """Runs this thread (and the threads and processes it starts from now on) on ``cores``
-  (where this process may run them at all)."""
-  if ALLOWED:
+  (where this process may run them at all); on a CPU host only."""
+  if ALLOWED and os.environ["JAX_PLATFORMS"] == "cpu":
     os.sched_setaffinity(0, cores & ALLOWED or ALLOWED)
 
 
-def make_config(batch: int, image_size: int, steps: int):
+def make_config(batch: int, image_size: int, steps: int, workers: int = 1):
   c = config_lib.base()
   c.alpha = 2.0
-  c.data.update({"name": "imagenet2012", "image_size": image_size, "workers": 1,
+  c.data.update({"name": "imagenet2012", "image_size": image_size, "workers": workers,
                  "prefetch": 2})
   c.model.update({"name": "resnet_tiny", "num_classes": 1000})
   c.train.update({"steps": steps, "batch_size": batch, "chunk_steps": 1, "log_every": 0,
@@ -185,6 +187,8 @@ def main() -> None:
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--num_jpegs", type=int, default=64)
+  p.add_argument("--workers", type=int, default=1,
+                 help="decode processes (an accelerator host: e.g. 12 of 16 cores)")
   p.add_argument("--out", default="", help="write the results as JSON here")
   args = p.parse_args()
 
@@ -192,7 +196,7 @@ def main() -> None:
   jpegs = [bench_input.photo_like_jpeg(*bench_input.SIZES[i % len(bench_input.SIZES)], seed=i)
            for i in range(args.num_jpegs)]
   source = bench_input.JpegSource(jpegs)
-  config = make_config(args.batch, args.image_size, args.steps)
+  config = make_config(args.batch, args.image_size, args.steps, args.workers)
   pin({COMPUTE_CORE})
   mesh = parallel.make_mesh()
   start_stream = stream(config, source)
@@ -210,13 +214,15 @@ def main() -> None:
   result["loop_efficiency"] = result["loop"] / slower
   result["serial_loop_efficiency"] = result["serial_loop"] / slower
   result.update(batch=args.batch, image_size=args.image_size, steps=args.steps,
-                device=jax.devices()[0].device_kind)
+                workers=args.workers, device=jax.devices()[0].device_kind)
+  on_cpu = os.environ["JAX_PLATFORMS"] == "cpu"
 
   print(f"{len(jpegs)} JPEGs -> {args.image_size}px uint8, batch {args.batch}, resnet_tiny + "
         f"powerprop + Top-KAST 80%, {args.steps} steps each; {result['device']}")
-  print(f"input alone:   {result['input_alone']:7.2f} steps/s (1 grain worker, core "
-        f"{DECODE_CORE})")
-  print(f"compute alone: {result['compute_alone']:7.2f} steps/s (core {COMPUTE_CORE})")
+  print(f"input alone:   {result['input_alone']:7.2f} steps/s ({args.workers} grain "
+        f"worker(s)" + (f", core {DECODE_CORE})" if on_cpu else ")"))
+  print(f"compute alone: {result['compute_alone']:7.2f} steps/s" +
+        (f" (core {COMPUTE_CORE})" if on_cpu else ""))
   print(f"serial loop (old, baseline): {result['serial_loop']:7.2f} steps/s, efficiency "
         f"{result['serial_loop_efficiency']:.2f}")
   print(f"loop:          {result['loop']:7.2f} steps/s (input wait "
