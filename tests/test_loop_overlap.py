@@ -5,6 +5,7 @@ still names its first step and leaves no checkpoint after it."""
 import json
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +29,25 @@ def test_prefetch_runs_ahead_in_order_and_raises():
   assert next(it)[0] == 1
   with pytest.raises(RuntimeError, match="reader broke"):
     next(it)
+
+
+def test_closing_waits_for_the_item_being_made():
+  """The producer is inside the making of an item (a transfer, in the loop) when the consumer
+  stops: closing returns only once that thread is done, so no thread is left running in C++
+  when the interpreter exits (which aborts the process)."""
+  making, finished = threading.Event(), threading.Event()
+
+  def items():
+    yield 0
+    making.set()
+    time.sleep(0.5)   # a slow transfer of the next item
+    finished.set()
+    yield 1
+
+  it = parallel.prefetch(items(), depth=1)
+  assert next(it)[0] == 0 and making.wait(5)
+  it.close()
+  assert finished.is_set()
 
 
 def _config(**train_fields):

@@ -126,13 +126,17 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 _END = object()
 
 
+_JOIN_TIMEOUT_S = 60.0   # how long closing a prefetch waits for the item being made
+
+
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, float]]:
   """``items`` made by a background thread up to ``depth`` ahead of the consumer.
 
   Yields (item, seconds the consumer waited for it). Make each item a device array (e.g. a
   ``global_batch``): then reading, stacking and the host-to-device transfer of the next
   items run while the devices compute on this one (as flax's ``prefetch_to_device``). An
-  exception in the thread is raised in the consumer; closing the generator stops the thread.
+  exception in the thread is raised in the consumer; closing the generator stops the thread
+  and waits (up to a minute) for the item it is making.
   """
   if depth < 1:
     raise ValueError(f"prefetch depth must be >= 1, got {depth}")
@@ -157,7 +161,8 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, float]]:
     except BaseException as e:  # pylint: disable=broad-except (re-raised in the consumer)
       put((None, e))
 
-  threading.Thread(target=produce, daemon=True, name="prefetch").start()
+  producer = threading.Thread(target=produce, daemon=True, name="prefetch")
+  producer.start()
   try:
     while True:
       t0 = time.perf_counter()
@@ -169,4 +174,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[tuple[T, float]]:
         return
       yield item, waited
   finally:
+    # Wait for the item being made: a daemon thread still inside a transfer (C++) when the
+    # interpreter exits aborts the process ("FATAL: exception not rethrown").
     stop.set()
+    producer.join(timeout=_JOIN_TIMEOUT_S)
