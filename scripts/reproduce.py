@@ -276,25 +276,36 @@ def collect_imagenet(module: ModuleType, rows: Sequence[str], runs_dir: str,
   return found
 
 
-def _run(cmd: Sequence[str], log: Log, stop: Optional[threading.Event] = None) -> int:
-  """Runs ``cmd``; a SIGTERM to this process meanwhile is passed on to it (it saves a
-  checkpoint and exits 0) and sets ``stop``, so no further row starts."""
+class Stopped(Exception):
+  """A SIGTERM reached this script while a command ran; the command got it too."""
+
+
+def _run(cmd: Sequence[str], log: Log, name: str) -> int:
+  """Runs ``cmd`` (the run ``name``) and returns its exit status. A SIGTERM to this process
+  meanwhile is passed on to it (a training script saves a checkpoint and exits 0); once it
+  has exited, :class:`Stopped` is raised, so no further command starts and no table is
+  written from a half-done sweep."""
   log("$ " + shlex.join(cmd))
   proc = subprocess.Popen(list(cmd), cwd=REPO)
+  signalled = threading.Event()
 
   def forward(signum: int, frame: Any) -> None:
     del frame
-    if stop is not None:
-      stop.set()
+    signalled.set()
     proc.send_signal(signum)
 
   main_thread = threading.current_thread() is threading.main_thread()
   previous = signal.signal(signal.SIGTERM, forward) if main_thread else None
   try:
-    return proc.wait()
+    rc = proc.wait()
   finally:
     if main_thread:
       signal.signal(signal.SIGTERM, previous)
+  if signalled.is_set():
+    log(f"preempted: {name} saved its checkpoint (status {rc}); no further run started; "
+        "rerun the same command to resume")
+    raise Stopped(name)
+  return rc
 
 
 def run_imagenet(args: argparse.Namespace, log: Log) -> int:
@@ -327,7 +338,7 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
       cmd = row_command(row, runs_dir, args.data_dir, extra)
       log(shlex.join(cmd) if args.launch else f"{row}: {shlex.join(cmd)}")
     return 0
-  failed, stop = [], threading.Event()
+  failed = []
   if args.rows:
     for row in rows:
       workdir = os.path.join(runs_dir, row)
@@ -336,11 +347,7 @@ def run_imagenet(args: argparse.Namespace, log: Log) -> int:
         log(f"{row}: other config: {status.detail}; not run (use another --runs)")
         continue
       rc = _run(row_command(row, runs_dir, args.data_dir, overrides[row], sys.executable), log,
-                stop)
-      if stop.is_set():
-        log(f"preempted: {row} saved its checkpoint (status {rc}); no further row started; "
-            "rerun the same command to resume")
-        return 0
+                row)
       if rc:
         log(f"{row}: scripts/train.py exited with status {rc}")
         failed.append(row)
@@ -565,7 +572,7 @@ def run_sweep(args: argparse.Namespace, log: Log) -> int:
   if args.dry_run:
     log(f"{args.table}: {shlex.join(cmd)}")
     return 0
-  rc = _run(cmd, log)
+  rc = _run(cmd, log, args.table)
   if rc:
     log(f"{args.table}: {SWEEPS[args.table].script} exited with status {rc}")
     return 1
@@ -619,7 +626,7 @@ def main(argv: Sequence[str], log: Log = print) -> int:
   except checks.UserError as e:   # ReproduceError and the harness's one-line errors
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except preemption.Preempted:   # saved and stopped (already logged): rerun to resume
+  except (preemption.Preempted, Stopped):   # saved and stopped (already logged): rerun
     return 0
 
 

@@ -410,3 +410,23 @@ def test_unreachable_runs_or_out_is_one_line_before_any_work(tmp_path, flag, cap
   assert rc == 2 and len(err) == 1, err
   assert err[0].startswith(f"error: {flag} nosuchstore://bucket/x cannot be reached")
   assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_sigterm_during_a_small_table_writes_no_table(tmp_path, monkeypatch):
+  """The small tables run one sweep script: stopped by a SIGTERM (passed on; the script saves
+  and exits 0), its half-done sweep is not made into a table."""
+  marker = tmp_path / "mnist.marker"
+  monkeypatch.setattr(reproduce, "sweep_command",
+                      lambda *a, **k: [sys.executable, "-c", CHILD, str(marker)])
+
+  def signal_once_started():
+    while not marker.exists():
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+  threading.Thread(target=signal_once_started, daemon=True).start()
+  lines = []
+  rc = reproduce.main(["--table", "mnist", "--runs", str(tmp_path / "runs"), "--out",
+                       str(tmp_path / "out")], log=lines.append)
+  assert rc == 0 and marker.read_text() == "started\nsaved\n"
+  assert any(line.startswith("preempted: mnist saved its checkpoint") for line in lines), lines
+  assert not glob.glob(str(tmp_path / "out" / "reproduce_mnist.*"))
