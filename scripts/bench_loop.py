@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if os.environ["JAX_PLATFORMS"] == "cpu":
+ON_CPU = os.environ["JAX_PLATFORMS"] == "cpu"
+if ON_CPU:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_cpu_multi_thread_eigen=false"
                              " intra_op_parallelism_threads=1").strip()
@@ -69,7 +70,7 @@ ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
 def pin(cores: set[int]) -> None:
   """Runs this thread (and the threads and processes it starts from now on) on ``cores``
   (where this process may run them at all); on a CPU host only."""
-  if ALLOWED and os.environ["JAX_PLATFORMS"] == "cpu":
+  if ALLOWED and ON_CPU:
     os.sched_setaffinity(0, cores & ALLOWED or ALLOWED)
 
 
@@ -215,14 +216,13 @@ def main() -> None:
   result["serial_loop_efficiency"] = result["serial_loop"] / slower
   result.update(batch=args.batch, image_size=args.image_size, steps=args.steps,
                 workers=args.workers, device=jax.devices()[0].device_kind)
-  on_cpu = os.environ["JAX_PLATFORMS"] == "cpu"
 
   print(f"{len(jpegs)} JPEGs -> {args.image_size}px uint8, batch {args.batch}, resnet_tiny + "
         f"powerprop + Top-KAST 80%, {args.steps} steps each; {result['device']}")
   print(f"input alone:   {result['input_alone']:7.2f} steps/s ({args.workers} grain "
-        f"worker(s)" + (f", core {DECODE_CORE})" if on_cpu else ")"))
+        f"worker(s)" + (f", core {DECODE_CORE})" if ON_CPU else ")"))
   print(f"compute alone: {result['compute_alone']:7.2f} steps/s" +
-        (f" (core {COMPUTE_CORE})" if on_cpu else ""))
+        (f" (core {COMPUTE_CORE})" if ON_CPU else ""))
   print(f"serial loop (old, baseline): {result['serial_loop']:7.2f} steps/s, efficiency "
         f"{result['serial_loop_efficiency']:.2f}")
   print(f"loop:          {result['loop']:7.2f} steps/s (input wait "

@@ -561,10 +561,10 @@ def utilisation_basis(config: ml_collections.ConfigDict, exp: Experiment, state:
 
 def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state: TrainState,
            mesh, ckpt, log: Log, is_writer: bool) -> TrainState:
-  """The loop: chunks are dispatched back to back; the host reads metrics (and masks'
-  sparsity) only at log, eval and checkpoint boundaries, where the non-finite-loss check
-  runs over every step since the last one (so it may lag, but names the first bad step and
-  never saves a checkpoint after it)."""
+  """The loop, from ``state`` (replicated over ``mesh``): chunks are dispatched back to back;
+  the host reads metrics (and masks' sparsity) only at log, eval and checkpoint boundaries,
+  where the non-finite-loss check runs over every step since the last one (so it may lag,
+  but names the first bad step and never saves a checkpoint after it)."""
   train_cfg = config.train
   steps, batch = int(train_cfg.steps), int(train_cfg.batch_size)
   start = int(state.step)
@@ -576,7 +576,6 @@ def _train(config, workdir, splits: data_base.DataSplits, exp: Experiment, state
       batch_sharding=parallel.batch_sharding(mesh) if mesh.size > 1 else None)
   evaluate = make_eval_fn(exp.model, exp.reparam, int(train_cfg.eval_batch_size), mesh)
   writer = metrics_lib.MetricsWriter(workdir, is_writer=is_writer, start_step=start)
-  state = parallel.replicate(state, mesh)
   step_flops, peak_flops = utilisation_basis(config, exp, state, splits.sample_input, mesh)
   t0, last_good = time.time(), ckpt.latest_step()
   window = Window()
